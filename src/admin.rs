@@ -1,0 +1,98 @@
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::Response;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+
+use crate::gate::Gate;
+
+/// What readiness depends on besides the keys.
+#[derive(Default)]
+pub struct Readiness {
+    proxy_listening: AtomicBool,
+}
+
+impl Readiness {
+    pub fn set_proxy_listening(&self) {
+        self.proxy_listening.store(true, Ordering::Release);
+    }
+
+    pub fn proxy_listening(&self) -> bool {
+        self.proxy_listening.load(Ordering::Acquire)
+    }
+}
+
+/// The admin HTTP app.
+pub struct AdminApp {
+    gate: Arc<Gate>,
+    readiness: Arc<Readiness>,
+}
+
+impl AdminApp {
+    pub fn new(gate: Arc<Gate>, readiness: Arc<Readiness>) -> Self {
+        AdminApp { gate, readiness }
+    }
+
+    /// `(ready, body)` of `/readyz`.
+    pub fn readiness_report(&self) -> (bool, serde_json::Value) {
+        let keys = self.gate.keys().current().len();
+        let listening = self.readiness.proxy_listening();
+        let reason = if !listening {
+            Some("proxy listener not accepting yet")
+        } else if keys == 0 {
+            Some("no verification keys loaded yet (JWKS not fetched)")
+        } else {
+            None
+        };
+        let mut body = serde_json::json!({
+            "ready": reason.is_none(),
+            "keys": keys,
+            "proxy_listening": listening,
+            "cached_accounts": self.gate.cache().entry_count(),
+        });
+        if let Some(reason) = reason {
+            body["reason"] = reason.into();
+        }
+        (reason.is_none(), body)
+    }
+}
+
+fn respond(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .header("content-length", body.len())
+        .header("cache-control", "no-store")
+        .body(body)
+        .unwrap_or_else(|_| Response::new(Vec::new()))
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let path = session.req_header().uri.path().to_string();
+        match path.as_str() {
+            "/metrics" => {
+                let metrics = self.gate.metrics();
+                metrics
+                    .cache_entries
+                    .set(self.gate.cache().entry_count() as i64);
+                respond(200, "text/plain; version=0.0.4", metrics.encode())
+            }
+            "/healthz" => respond(200, "application/json", br#"{"status":"ok"}"#.to_vec()),
+            "/readyz" => {
+                let (ready, body) = self.readiness_report();
+                respond(
+                    if ready { 200 } else { 503 },
+                    "application/json",
+                    body.to_string().into_bytes(),
+                )
+            }
+            _ => respond(404, "application/json", br#"{"error":"not_found"}"#.to_vec()),
+        }
+    }
+}

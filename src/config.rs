@@ -1,0 +1,878 @@
+//! The YAML file format, its validation, and the typed runtime settings it becomes.
+//!
+//! The file structs mirror what operators write (`deny_unknown_fields`, human durations);
+//! [`Settings`] is what the rest of the crate uses. Every error names the key it is about.
+
+use std::collections::BTreeSet;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use jsonwebtoken::{Algorithm, AlgorithmFamily};
+use pingora::server::configuration::ServerConf;
+use serde::Deserialize;
+
+/// A configuration problem, always tied to the key it is about.
+#[derive(Debug, thiserror::Error)]
+#[error("config error at `{key}`: {message}")]
+pub struct ConfigError {
+    /// Dotted path of the offending key, e.g. `token.algorithms[1]`.
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// File format
+// ---------------------------------------------------------------------------
+
+/// A duration written as a human string: `250ms`, `30s`, `10m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(text.trim())
+            .map(HumanDuration)
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "`{text}` is not a duration ({e}); write e.g. 250ms, 30s, 10m"
+                ))
+            })
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    /// Pingora's own `ServerConf` keys; checked against that struct's field list.
+    #[serde(default)]
+    server: Option<serde_norway::Mapping>,
+    proxy: ProxyFile,
+    #[serde(default)]
+    admin: AdminFile,
+    auth_origin: AuthOriginFile,
+    token: TokenFile,
+    #[serde(default)]
+    cache: CacheFile,
+    #[serde(default)]
+    forward: ForwardFile,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProxyFile {
+    listen: Vec<String>,
+    upstream: UpstreamFile,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpstreamFile {
+    peers: Vec<String>,
+    #[serde(default)]
+    tls: bool,
+    #[serde(default)]
+    sni: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdminFile {
+    #[serde(default = "default_admin_listen")]
+    listen: String,
+}
+
+impl Default for AdminFile {
+    fn default() -> Self {
+        AdminFile {
+            listen: default_admin_listen(),
+        }
+    }
+}
+
+fn default_admin_listen() -> String {
+    "127.0.0.1:9090".to_string()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthOriginFile {
+    url: String,
+    #[serde(default = "default_origin_timeout")]
+    timeout: HumanDuration,
+    /// How often the JWKS is fetched again while keys are loaded.
+    #[serde(default = "default_jwks_refresh")]
+    jwks_refresh: HumanDuration,
+}
+
+fn default_origin_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_millis(250))
+}
+
+fn default_jwks_refresh() -> HumanDuration {
+    HumanDuration(Duration::from_secs(300))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenFile {
+    #[serde(default = "default_sources")]
+    sources: Vec<SourceFile>,
+    algorithms: Vec<String>,
+    #[serde(default)]
+    issuer: Option<String>,
+    #[serde(default)]
+    audience: Option<String>,
+    #[serde(default = "default_leeway")]
+    leeway: HumanDuration,
+    #[serde(default = "default_account_claim")]
+    account_claim: String,
+    #[serde(default = "default_device_claim")]
+    device_claim: String,
+    #[serde(default = "default_time_claim")]
+    time_claim: String,
+    #[serde(default)]
+    keys: KeysFile,
+}
+
+fn default_sources() -> Vec<SourceFile> {
+    vec![
+        SourceFile {
+            header: Some("authorization".into()),
+            prefix: Some("Bearer ".into()),
+            ..SourceFile::default()
+        },
+        SourceFile {
+            query: Some("token".into()),
+            ..SourceFile::default()
+        },
+        SourceFile {
+            cookie: Some("device_token".into()),
+            ..SourceFile::default()
+        },
+    ]
+}
+
+fn default_leeway() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+fn default_account_claim() -> String {
+    "sub".into()
+}
+fn default_device_claim() -> String {
+    "did".into()
+}
+fn default_time_claim() -> String {
+    "iat".into()
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SourceFile {
+    #[serde(default)]
+    header: Option<String>,
+    #[serde(default)]
+    prefix: Option<String>,
+    #[serde(default)]
+    query: Option<String>,
+    #[serde(default)]
+    cookie: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeysFile {
+    #[serde(default)]
+    jwks: Option<bool>,
+    #[serde(default)]
+    pem_file: Option<PathBuf>,
+    #[serde(default)]
+    hmac_secret_env: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CacheFile {
+    #[serde(default = "default_max_accounts")]
+    max_accounts: u64,
+    #[serde(default = "default_refresh_after")]
+    refresh_after: HumanDuration,
+    #[serde(default = "default_max_stale")]
+    max_stale: HumanDuration,
+    #[serde(default)]
+    on_origin_unavailable: OnOriginUnavailable,
+}
+
+impl Default for CacheFile {
+    fn default() -> Self {
+        CacheFile {
+            max_accounts: default_max_accounts(),
+            refresh_after: default_refresh_after(),
+            max_stale: default_max_stale(),
+            on_origin_unavailable: OnOriginUnavailable::default(),
+        }
+    }
+}
+
+fn default_max_accounts() -> u64 {
+    1_000_000
+}
+fn default_refresh_after() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+fn default_max_stale() -> HumanDuration {
+    HumanDuration(Duration::from_secs(600))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ForwardFile {
+    #[serde(default = "default_account_header")]
+    account_header: String,
+    #[serde(default = "default_device_header")]
+    device_header: String,
+    #[serde(default = "default_true")]
+    strip_token: bool,
+}
+
+impl Default for ForwardFile {
+    fn default() -> Self {
+        ForwardFile {
+            account_header: default_account_header(),
+            device_header: default_device_header(),
+            strip_token: true,
+        }
+    }
+}
+
+fn default_account_header() -> String {
+    "x-epochgate-account".into()
+}
+fn default_device_header() -> String {
+    "x-epochgate-device".into()
+}
+fn default_true() -> bool {
+    true
+}
+
+// ---------------------------------------------------------------------------
+// Runtime settings
+// ---------------------------------------------------------------------------
+
+/// What to do with a request whose account has no usable revocation record.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnOriginUnavailable {
+    /// Answer 503 `origin_unavailable` (fail closed).
+    #[default]
+    Deny,
+    /// Forward the request (fail open).
+    Allow,
+}
+
+/// Validated configuration, ready for the runtime.
+#[derive(Debug)]
+pub struct Settings {
+    pub server: ServerConf,
+    pub proxy: ProxySettings,
+    pub admin_listen: SocketAddr,
+    pub auth_origin: AuthOriginSettings,
+    pub token: TokenSettings,
+    pub cache: CacheSettings,
+    pub forward: ForwardSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    pub listen: Vec<SocketAddr>,
+    /// Resolved at load: Pingora's `HttpPeer::new` panics on a name it cannot resolve.
+    pub peers: Vec<SocketAddr>,
+    pub tls: bool,
+    pub sni: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthOriginSettings {
+    /// Base URL without a trailing slash.
+    pub url: String,
+    pub timeout: Duration,
+    pub jwks_refresh: Duration,
+}
+
+/// Where a token may be carried, in the order they are tried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    Header {
+        name: http::HeaderName,
+        prefix: Option<String>,
+    },
+    Query {
+        name: String,
+    },
+    Cookie {
+        name: String,
+    },
+}
+
+/// Where verification keys come from.
+#[derive(Clone)]
+pub enum KeySource {
+    Jwks,
+    Pem(Vec<u8>),
+    HmacSecret(Vec<u8>),
+}
+
+impl std::fmt::Debug for KeySource {
+    // Never print key material, not even in a debug dump of the settings.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeySource::Jwks => f.write_str("Jwks"),
+            KeySource::Pem(_) => f.write_str("Pem(..)"),
+            KeySource::HmacSecret(_) => f.write_str("HmacSecret(..)"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TokenSettings {
+    pub sources: Vec<TokenSource>,
+    pub algorithms: Vec<Algorithm>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub leeway: Duration,
+    pub account_claim: String,
+    pub device_claim: String,
+    pub time_claim: String,
+    pub keys: KeySource,
+}
+
+#[derive(Debug, Clone)]
+pub struct CacheSettings {
+    pub max_accounts: u64,
+    pub refresh_after: Duration,
+    pub max_stale: Duration,
+    pub on_origin_unavailable: OnOriginUnavailable,
+}
+
+#[derive(Debug, Clone)]
+pub struct ForwardSettings {
+    pub account_header: http::HeaderName,
+    pub device_header: http::HeaderName,
+    pub strip_token: bool,
+}
+
+/// Pingora's grace period defaults to 300 s; an edge should let go much sooner.
+pub const DEFAULT_GRACE_PERIOD_SECONDS: u64 = 10;
+pub const DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS: u64 = 5;
+
+impl Settings {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new("<file>", format!("cannot read {}: {e}", path.display()))
+        })?;
+        Settings::from_yaml(&text)
+    }
+
+    /// Parses and validates YAML text.
+    pub fn from_yaml(text: &str) -> Result<Settings, ConfigError> {
+        let deserializer = serde_norway::Deserializer::from_str(text);
+        let file: FileConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let key = e.path().to_string();
+            let key = if key == "." { "<root>".into() } else { key };
+            ConfigError::new(key, e.into_inner().to_string())
+        })?;
+        file.validate()
+    }
+}
+
+impl FileConfig {
+    fn validate(self) -> Result<Settings, ConfigError> {
+        let server = server_conf(self.server)?;
+        let proxy = self.proxy.validate()?;
+        let admin_listen = parse_listen("admin.listen", &self.admin.listen)?;
+        let auth_origin = self.auth_origin.validate()?;
+        let token = self.token.validate()?;
+        let cache = self.cache.validate()?;
+        let forward = self.forward.validate()?;
+        if forward.account_header == forward.device_header {
+            return Err(ConfigError::new(
+                "forward.device_header",
+                "must differ from forward.account_header",
+            ));
+        }
+        Ok(Settings {
+            server,
+            proxy,
+            admin_listen,
+            auth_origin,
+            token,
+            cache,
+            forward,
+        })
+    }
+}
+
+/// Builds Pingora's `ServerConf`, rejecting keys it does not know (Pingora itself ignores them).
+fn server_conf(section: Option<serde_norway::Mapping>) -> Result<ServerConf, ConfigError> {
+    let mut section = section.unwrap_or_default();
+    let known = known_server_keys();
+    for key in section.keys() {
+        let name = key.as_str().unwrap_or("<non-string key>");
+        if !known.contains(name) {
+            return Err(ConfigError::new(
+                format!("server.{name}"),
+                "unknown key (not a Pingora ServerConf setting)",
+            ));
+        }
+    }
+    for (key, default) in [
+        ("grace_period_seconds", DEFAULT_GRACE_PERIOD_SECONDS),
+        (
+            "graceful_shutdown_timeout_seconds",
+            DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS,
+        ),
+    ] {
+        let key = serde_norway::Value::String(key.into());
+        if !section.contains_key(&key) {
+            section.insert(key, serde_norway::Value::Number(default.into()));
+        }
+    }
+    let mut defaults = match serde_norway::to_value(ServerConf::default()) {
+        Ok(serde_norway::Value::Mapping(m)) => m,
+        _ => serde_norway::Mapping::new(),
+    };
+    for (key, value) in section {
+        defaults.insert(key, value);
+    }
+    let conf: ServerConf =
+        serde_path_to_error::deserialize(serde_norway::Value::Mapping(defaults)).map_err(|e| {
+            ConfigError::new(format!("server.{}", e.path()), e.into_inner().to_string())
+        })?;
+    if conf.threads == 0 {
+        return Err(ConfigError::new("server.threads", "must be at least 1"));
+    }
+    Ok(conf)
+}
+
+fn known_server_keys() -> BTreeSet<String> {
+    match serde_norway::to_value(ServerConf::default()) {
+        Ok(serde_norway::Value::Mapping(m)) => m
+            .keys()
+            .filter_map(|k| k.as_str().map(str::to_string))
+            .collect(),
+        _ => BTreeSet::new(),
+    }
+}
+
+fn parse_listen(key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
+    SocketAddr::from_str(text.trim()).map_err(|_| {
+        ConfigError::new(
+            key,
+            format!("`{text}` is not an IP:port address (e.g. 0.0.0.0:8080 or [::]:8080)"),
+        )
+    })
+}
+
+impl ProxyFile {
+    fn validate(self) -> Result<ProxySettings, ConfigError> {
+        if self.listen.is_empty() {
+            return Err(ConfigError::new(
+                "proxy.listen",
+                "needs at least one address",
+            ));
+        }
+        let listen = self
+            .listen
+            .iter()
+            .enumerate()
+            .map(|(i, a)| parse_listen(&format!("proxy.listen[{i}]"), a))
+            .collect::<Result<Vec<_>, _>>()?;
+        if self.upstream.peers.is_empty() {
+            return Err(ConfigError::new(
+                "proxy.upstream.peers",
+                "needs at least one peer",
+            ));
+        }
+        let mut peers = Vec::new();
+        for (i, peer) in self.upstream.peers.iter().enumerate() {
+            let key = format!("proxy.upstream.peers[{i}]");
+            let resolved = peer
+                .to_socket_addrs()
+                .map_err(|e| ConfigError::new(&key, format!("cannot resolve `{peer}`: {e}")))?
+                .next()
+                .ok_or_else(|| ConfigError::new(&key, format!("`{peer}` resolves to nothing")))?;
+            peers.push(resolved);
+        }
+        if self.upstream.tls && self.upstream.sni.is_empty() {
+            return Err(ConfigError::new(
+                "proxy.upstream.sni",
+                "must be set when proxy.upstream.tls is true",
+            ));
+        }
+        Ok(ProxySettings {
+            listen,
+            peers,
+            tls: self.upstream.tls,
+            sni: self.upstream.sni,
+        })
+    }
+}
+
+impl AuthOriginFile {
+    fn validate(self) -> Result<AuthOriginSettings, ConfigError> {
+        let url = self.url.trim().trim_end_matches('/').to_string();
+        let parsed = reqwest::Url::parse(&url)
+            .map_err(|e| ConfigError::new("auth_origin.url", format!("`{url}`: {e}")))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(ConfigError::new(
+                "auth_origin.url",
+                "scheme must be http or https",
+            ));
+        }
+        positive("auth_origin.timeout", self.timeout)?;
+        positive("auth_origin.jwks_refresh", self.jwks_refresh)?;
+        Ok(AuthOriginSettings {
+            url,
+            timeout: self.timeout.0,
+            jwks_refresh: self.jwks_refresh.0,
+        })
+    }
+}
+
+fn positive(key: &str, d: HumanDuration) -> Result<(), ConfigError> {
+    if d.0.is_zero() {
+        Err(ConfigError::new(key, "must be greater than zero"))
+    } else {
+        Ok(())
+    }
+}
+
+impl TokenFile {
+    fn validate(self) -> Result<TokenSettings, ConfigError> {
+        let sources = validate_sources(self.sources)?;
+        if self.algorithms.is_empty() {
+            return Err(ConfigError::new(
+                "token.algorithms",
+                "needs at least one algorithm",
+            ));
+        }
+        let mut algorithms = Vec::new();
+        for (i, name) in self.algorithms.iter().enumerate() {
+            let alg = Algorithm::from_str(name).map_err(|_| {
+                ConfigError::new(
+                    format!("token.algorithms[{i}]"),
+                    format!(
+                        "unknown algorithm `{name}` (one of ES256, ES384, RS256, RS384, RS512, \
+                         PS256, PS384, PS512, EdDSA, HS256, HS384, HS512)"
+                    ),
+                )
+            })?;
+            if !algorithms.contains(&alg) {
+                algorithms.push(alg);
+            }
+        }
+        let keys = self.keys.validate()?;
+        check_algorithms_fit_keys(&algorithms, &keys)?;
+        for (key, value) in [
+            ("token.account_claim", &self.account_claim),
+            ("token.device_claim", &self.device_claim),
+            ("token.time_claim", &self.time_claim),
+        ] {
+            if value.is_empty() {
+                return Err(ConfigError::new(key, "must not be empty"));
+            }
+        }
+        Ok(TokenSettings {
+            sources,
+            algorithms,
+            issuer: self.issuer.filter(|s| !s.is_empty()),
+            audience: self.audience.filter(|s| !s.is_empty()),
+            leeway: self.leeway.0,
+            account_claim: self.account_claim,
+            device_claim: self.device_claim,
+            time_claim: self.time_claim,
+            keys,
+        })
+    }
+}
+
+fn validate_sources(files: Vec<SourceFile>) -> Result<Vec<TokenSource>, ConfigError> {
+    if files.is_empty() {
+        return Err(ConfigError::new(
+            "token.sources",
+            "needs at least one source",
+        ));
+    }
+    let mut sources = Vec::new();
+    for (i, file) in files.into_iter().enumerate() {
+        let key = format!("token.sources[{i}]");
+        let kinds = [&file.header, &file.query, &file.cookie]
+            .iter()
+            .filter(|v| v.is_some())
+            .count();
+        if kinds != 1 {
+            return Err(ConfigError::new(
+                key,
+                "each source is exactly one of {header: NAME, prefix: ...}, {query: NAME}, {cookie: NAME}",
+            ));
+        }
+        if file.prefix.is_some() && file.header.is_none() {
+            return Err(ConfigError::new(
+                format!("{key}.prefix"),
+                "prefix only applies to a header source",
+            ));
+        }
+        let source = if let Some(name) = file.header {
+            let name = http::HeaderName::from_str(name.trim()).map_err(|_| {
+                ConfigError::new(format!("{key}.header"), format!("`{name}` is not a header name"))
+            })?;
+            TokenSource::Header {
+                name,
+                prefix: file.prefix.filter(|p| !p.is_empty()),
+            }
+        } else if let Some(name) = file.query {
+            non_empty(&format!("{key}.query"), &name)?;
+            TokenSource::Query { name }
+        } else if let Some(name) = file.cookie {
+            non_empty(&format!("{key}.cookie"), &name)?;
+            TokenSource::Cookie { name }
+        } else {
+            unreachable!("exactly one kind was checked above")
+        };
+        sources.push(source);
+    }
+    Ok(sources)
+}
+
+fn non_empty(key: &str, value: &str) -> Result<(), ConfigError> {
+    if value.is_empty() {
+        Err(ConfigError::new(key, "must not be empty"))
+    } else {
+        Ok(())
+    }
+}
+
+impl KeysFile {
+    fn validate(self) -> Result<KeySource, ConfigError> {
+        let chosen = [
+            self.jwks == Some(true),
+            self.pem_file.is_some(),
+            self.hmac_secret_env.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
+        if chosen > 1 {
+            return Err(ConfigError::new(
+                "token.keys",
+                "choose one of jwks: true, pem_file: PATH, hmac_secret_env: NAME",
+            ));
+        }
+        if let Some(path) = self.pem_file {
+            let pem = std::fs::read(&path).map_err(|e| {
+                ConfigError::new(
+                    "token.keys.pem_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            return Ok(KeySource::Pem(pem));
+        }
+        if let Some(var) = self.hmac_secret_env {
+            let secret = std::env::var_os(&var).ok_or_else(|| {
+                ConfigError::new(
+                    "token.keys.hmac_secret_env",
+                    format!("environment variable `{var}` is not set"),
+                )
+            })?;
+            let secret = secret.into_encoded_bytes();
+            if secret.len() < 32 {
+                return Err(ConfigError::new(
+                    "token.keys.hmac_secret_env",
+                    format!("the secret in `{var}` is shorter than 32 bytes"),
+                ));
+            }
+            return Ok(KeySource::HmacSecret(secret));
+        }
+        if self.jwks == Some(false) {
+            return Err(ConfigError::new(
+                "token.keys",
+                "jwks: false needs pem_file or hmac_secret_env instead",
+            ));
+        }
+        Ok(KeySource::Jwks)
+    }
+}
+
+/// An algorithm that no configured key can verify would reject every token: say so at load.
+fn check_algorithms_fit_keys(algs: &[Algorithm], keys: &KeySource) -> Result<(), ConfigError> {
+    for (i, alg) in algs.iter().enumerate() {
+        let hmac = alg.family() == AlgorithmFamily::Hmac;
+        let ok = match keys {
+            KeySource::HmacSecret(_) => hmac,
+            // Symmetric keys are never taken from a JWKS or a public PEM file: anybody
+            // holding the public material could then mint tokens.
+            KeySource::Jwks | KeySource::Pem(_) => !hmac,
+        };
+        if !ok {
+            return Err(ConfigError::new(
+                format!("token.algorithms[{i}]"),
+                format!("{alg:?} does not fit the configured token.keys ({keys:?})"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl CacheFile {
+    fn validate(self) -> Result<CacheSettings, ConfigError> {
+        if self.max_accounts == 0 {
+            return Err(ConfigError::new(
+                "cache.max_accounts",
+                "must be at least 1",
+            ));
+        }
+        positive("cache.refresh_after", self.refresh_after)?;
+        positive("cache.max_stale", self.max_stale)?;
+        if self.max_stale.0 < self.refresh_after.0 {
+            return Err(ConfigError::new(
+                "cache.max_stale",
+                "must be at least cache.refresh_after",
+            ));
+        }
+        Ok(CacheSettings {
+            max_accounts: self.max_accounts,
+            refresh_after: self.refresh_after.0,
+            max_stale: self.max_stale.0,
+            on_origin_unavailable: self.on_origin_unavailable,
+        })
+    }
+}
+
+impl ForwardFile {
+    fn validate(self) -> Result<ForwardSettings, ConfigError> {
+        let header = |key: &str, name: &str| {
+            http::HeaderName::from_str(name.trim())
+                .map_err(|_| ConfigError::new(key, format!("`{name}` is not a header name")))
+        };
+        Ok(ForwardSettings {
+            account_header: header("forward.account_header", &self.account_header)?,
+            device_header: header("forward.device_header", &self.device_header)?,
+            strip_token: self.strip_token,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+proxy:
+  listen: ["127.0.0.1:8080"]
+  upstream: { peers: ["127.0.0.1:8000"] }
+auth_origin:
+  url: "http://127.0.0.1:7000/"
+token:
+  algorithms: [ES256]
+"#;
+
+    fn error_for(yaml: &str) -> ConfigError {
+        Settings::from_yaml(yaml).expect_err("config should be rejected")
+    }
+
+    #[test]
+    fn minimal_config_gets_edge_defaults() {
+        let s = Settings::from_yaml(MINIMAL).unwrap();
+        assert_eq!(s.auth_origin.url, "http://127.0.0.1:7000");
+        assert_eq!(s.auth_origin.timeout, Duration::from_millis(250));
+        assert_eq!(s.cache.on_origin_unavailable, OnOriginUnavailable::Deny);
+        assert_eq!(s.token.sources.len(), 3);
+        assert_eq!(s.server.grace_period_seconds, Some(DEFAULT_GRACE_PERIOD_SECONDS));
+        assert!(s.forward.strip_token);
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_path() {
+        let e = error_for(&MINIMAL.replace("  algorithms", "  algoritms: [ES256]\n  algorithms"));
+        assert!(e.to_string().contains("algoritms"), "{e}");
+        assert!(e.key.starts_with("token"), "{e}");
+    }
+
+    #[test]
+    fn unknown_server_key_is_an_error() {
+        let e = error_for(&format!("server:\n  thraeds: 2\n{MINIMAL}"));
+        assert_eq!(e.key, "server.thraeds");
+    }
+
+    #[test]
+    fn server_keys_pass_through() {
+        let s = Settings::from_yaml(&format!(
+            "server:\n  threads: 3\n  grace_period_seconds: 1\n{MINIMAL}"
+        ))
+        .unwrap();
+        assert_eq!(s.server.threads, 3);
+        assert_eq!(s.server.grace_period_seconds, Some(1));
+    }
+
+    #[test]
+    fn bad_duration_names_the_key() {
+        let e = error_for(&MINIMAL.replace("url:", "timeout: 5parsecs\n  url:"));
+        assert_eq!(e.key, "auth_origin.timeout");
+        assert!(e.message.contains("5parsecs"), "{e}");
+    }
+
+    #[test]
+    fn unknown_algorithm_names_its_position() {
+        let e = error_for(&MINIMAL.replace("[ES256]", "[ES256, XS256]"));
+        assert_eq!(e.key, "token.algorithms[1]");
+    }
+
+    #[test]
+    fn hmac_algorithm_with_jwks_is_rejected() {
+        let e = error_for(&MINIMAL.replace("[ES256]", "[HS256]"));
+        assert_eq!(e.key, "token.algorithms[0]");
+    }
+
+    #[test]
+    fn empty_peer_list_is_rejected() {
+        let e = error_for(&MINIMAL.replace(r#"["127.0.0.1:8000"]"#, "[]"));
+        assert_eq!(e.key, "proxy.upstream.peers");
+    }
+
+    #[test]
+    fn source_with_two_kinds_is_rejected() {
+        let e = error_for(&MINIMAL.replace(
+            "  algorithms",
+            "  sources: [{header: x-token, query: token}]\n  algorithms",
+        ));
+        assert_eq!(e.key, "token.sources[0]");
+    }
+
+    #[test]
+    fn missing_hmac_env_names_the_variable_not_a_value() {
+        let e = error_for(&MINIMAL.replace(
+            "[ES256]",
+            "[HS256]\n  keys: { hmac_secret_env: EPOCHGATE_TEST_UNSET_VAR }",
+        ));
+        assert_eq!(e.key, "token.keys.hmac_secret_env");
+        assert!(e.message.contains("EPOCHGATE_TEST_UNSET_VAR"));
+    }
+
+    #[test]
+    fn bad_on_origin_unavailable_is_rejected() {
+        let e = error_for(&format!("{MINIMAL}cache:\n  on_origin_unavailable: maybe\n"));
+        assert_eq!(e.key, "cache.on_origin_unavailable");
+    }
+}

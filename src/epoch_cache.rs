@@ -1,0 +1,190 @@
+//! The bounded per-account cache of revocation records: single-flight fetches that outlive
+//! their requester, stale-while-revalidate, `max_stale`, and the max-merge rule.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::future::{BoxFuture, FutureExt, Shared};
+
+use crate::config::CacheSettings;
+use crate::metrics::{CacheResult, Metrics};
+use crate::origin::{OriginClient, OriginError};
+use crate::revocation::RevocationRecord;
+
+/// After a failed background refresh, the next attempt for that account waits this long,
+/// so a down origin sees one retry per account per second, not one per request.
+const REFRESH_RETRY: Duration = Duration::from_secs(1);
+
+/// A record and when the origin last confirmed it.
+#[derive(Debug)]
+pub struct CachedRecord {
+    pub record: RevocationRecord,
+    confirmed_at: Instant,
+    /// Set while a background refresh of this entry is running or waiting to retry.
+    refresh_claimed: AtomicBool,
+    last_attempt_ms: AtomicU64,
+}
+
+impl CachedRecord {
+    fn new(record: RevocationRecord) -> Self {
+        CachedRecord {
+            record,
+            confirmed_at: Instant::now(),
+            refresh_claimed: AtomicBool::new(false),
+            last_attempt_ms: AtomicU64::new(0),
+        }
+    }
+
+    pub fn age(&self) -> Duration {
+        self.confirmed_at.elapsed()
+    }
+}
+
+/// The answer to "what do we know about this account".
+#[derive(Debug, Clone)]
+pub enum Lookup {
+    /// A record younger than `refresh_after`, or just fetched.
+    Fresh(Arc<CachedRecord>),
+    /// Older than `refresh_after` but younger than `max_stale`; a refresh is running.
+    Stale(Arc<CachedRecord>),
+    /// No record young enough, and the origin could not give one.
+    Unavailable,
+}
+
+type Flight = Shared<BoxFuture<'static, Result<Arc<CachedRecord>, OriginError>>>;
+
+/// The epoch cache.
+pub struct EpochCache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cache: moka::future::Cache<String, Arc<CachedRecord>>,
+    /// Fetches under way, one per account. moka's own `try_get_with` only coalesces loads of
+    /// absent keys; refreshes of present-but-old entries need the same, so one map serves both.
+    in_flight: Mutex<HashMap<String, Flight>>,
+    origin: Arc<OriginClient>,
+    settings: CacheSettings,
+    metrics: Arc<Metrics>,
+}
+
+impl EpochCache {
+    pub fn new(settings: CacheSettings, origin: Arc<OriginClient>, metrics: Arc<Metrics>) -> Self {
+        let cache = moka::future::Cache::builder()
+            .max_capacity(settings.max_accounts)
+            .build();
+        EpochCache {
+            inner: Arc::new(Inner {
+                cache,
+                in_flight: Mutex::new(HashMap::new()),
+                origin,
+                settings,
+                metrics,
+            }),
+        }
+    }
+
+    pub fn entry_count(&self) -> u64 {
+        self.inner.cache.entry_count()
+    }
+
+    /// The record to judge a request by, fetching or refreshing as the entry's age requires.
+    pub async fn lookup(&self, account: &str) -> Lookup {
+        let inner = &self.inner;
+        if let Some(entry) = inner.cache.get(account).await {
+            let age = entry.age();
+            if age < inner.settings.refresh_after {
+                inner.metrics.count_lookup(CacheResult::Hit);
+                return Lookup::Fresh(entry);
+            }
+            if age < inner.settings.max_stale {
+                inner.metrics.count_lookup(CacheResult::Stale);
+                self.refresh_in_background(account, &entry);
+                return Lookup::Stale(entry);
+            }
+        }
+        inner.metrics.count_lookup(CacheResult::Miss);
+        match self.fetch(account).await {
+            Ok(entry) => Lookup::Fresh(entry),
+            Err(_) => Lookup::Unavailable,
+        }
+    }
+
+    /// Merges a record into the cache (max of old and new), marking it confirmed now.
+    pub async fn merge(&self, account: &str, record: RevocationRecord) -> Arc<CachedRecord> {
+        Inner::merge(&self.inner, account, record).await
+    }
+
+    /// At most one refresh per entry at a time, and not more than once per [`REFRESH_RETRY`].
+    fn refresh_in_background(&self, account: &str, entry: &Arc<CachedRecord>) {
+        let now = crate::unix_millis();
+        if now.saturating_sub(entry.last_attempt_ms.load(Ordering::Relaxed))
+            < REFRESH_RETRY.as_millis() as u64
+        {
+            return;
+        }
+        if entry.refresh_claimed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        entry.last_attempt_ms.store(now, Ordering::Relaxed);
+        let flight = self.fetch(account);
+        let entry = entry.clone();
+        tokio::spawn(async move {
+            if flight.await.is_err() {
+                // Let a later request try again after REFRESH_RETRY.
+                entry.refresh_claimed.store(false, Ordering::Release);
+            }
+        });
+    }
+
+    /// Joins the fetch under way for this account or starts one. The fetch runs in its own
+    /// task: a requester that goes away does not cancel it for the others.
+    fn fetch(&self, account: &str) -> Flight {
+        let mut in_flight = match self.inner.in_flight.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(flight) = in_flight.get(account) {
+            return flight.clone();
+        }
+        let inner = self.inner.clone();
+        let key = account.to_string();
+        let task = tokio::spawn(async move {
+            let result = match inner.origin.fetch_record(&key).await {
+                Ok(record) => Ok(Inner::merge(&inner, &key, record).await),
+                Err(e) => Err(e),
+            };
+            if let Ok(mut map) = inner.in_flight.lock() {
+                map.remove(&key);
+            }
+            result
+        });
+        let flight: Flight = async move {
+            task.await
+                .unwrap_or_else(|e| Err(OriginError::Transport(format!("fetch task failed: {e}"))))
+        }
+        .boxed()
+        .shared();
+        in_flight.insert(account.to_string(), flight.clone());
+        flight
+    }
+}
+
+impl Inner {
+    async fn merge(inner: &Arc<Inner>, account: &str, record: RevocationRecord) -> Arc<CachedRecord> {
+        let entry = inner
+            .cache
+            .entry_by_ref(account)
+            .and_upsert_with(|existing| {
+                let merged = match existing {
+                    Some(old) => old.value().record.merged(&record),
+                    None => record,
+                };
+                std::future::ready(Arc::new(CachedRecord::new(merged)))
+            })
+            .await;
+        entry.into_value()
+    }
+}

@@ -1,0 +1,144 @@
+//! The gate's core: token → verification → epoch lookup → [`Decision`]. No Pingora here,
+//! so it can be unit-tested and embedded in any proxy.
+
+use std::sync::Arc;
+
+use http::{HeaderMap, Uri};
+
+use crate::config::{OnOriginUnavailable, Settings, TokenSource};
+use crate::decision::{Decision, InvalidToken, Reason};
+use crate::epoch_cache::{EpochCache, Lookup};
+use crate::keys::KeyStore;
+use crate::metrics::Metrics;
+use crate::origin::{OriginClient, OriginError};
+use crate::revocation::Standing;
+use crate::token_source::{self, Found};
+use crate::verify::{Verifier, VerifyError};
+
+/// Why a gate could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    #[error("auth origin client: {0}")]
+    Origin(#[from] OriginError),
+    #[error("token.keys: {0}")]
+    Keys(String),
+}
+
+/// Everything needed to decide about a request.
+pub struct Gate {
+    sources: Vec<TokenSource>,
+    verifier: Verifier,
+    cache: EpochCache,
+    on_origin_unavailable: OnOriginUnavailable,
+    metrics: Arc<Metrics>,
+    origin: Arc<OriginClient>,
+}
+
+/// A decision and the token source it was made from (for stripping the token later).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub decision: Decision,
+    pub token_source: Option<usize>,
+}
+
+impl Gate {
+    /// Builds a gate from validated settings. Static keys are loaded now; a JWKS is fetched
+    /// by [`Gate::keys`]`.refresh()` (the binary runs that in a background service).
+    pub fn new(settings: &Settings) -> Result<Gate, GateError> {
+        let metrics = Arc::new(Metrics::new());
+        let origin = Arc::new(OriginClient::new(&settings.auth_origin, metrics.clone())?);
+        let keys = match &settings.token.keys {
+            crate::config::KeySource::Jwks => KeyStore::new_jwks(
+                origin.clone(),
+                &settings.token.algorithms,
+                metrics.jwks_keys.clone(),
+            ),
+            other => KeyStore::new_static(
+                other,
+                &settings.token.algorithms,
+                metrics.jwks_keys.clone(),
+            )
+            .map_err(GateError::Keys)?,
+        };
+        let verifier = Verifier::new(&settings.token, Arc::new(keys));
+        let cache = EpochCache::new(settings.cache.clone(), origin.clone(), metrics.clone());
+        Ok(Gate {
+            sources: settings.token.sources.clone(),
+            verifier,
+            cache,
+            on_origin_unavailable: settings.cache.on_origin_unavailable,
+            metrics,
+            origin,
+        })
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn keys(&self) -> &KeyStore {
+        self.verifier.keys()
+    }
+
+    pub fn cache(&self) -> &EpochCache {
+        &self.cache
+    }
+
+    pub fn origin(&self) -> &Arc<OriginClient> {
+        &self.origin
+    }
+
+    pub fn token_sources(&self) -> &[TokenSource] {
+        &self.sources
+    }
+
+    /// Decides about a request from its headers and target, and counts the decision.
+    pub async fn check(&self, headers: &HeaderMap, uri: &Uri) -> Verdict {
+        let verdict = match token_source::find_token(&self.sources, headers, uri) {
+            None => Verdict {
+                decision: Decision::Reject(Reason::MissingToken),
+                token_source: None,
+            },
+            Some(Found::Unusable { source }) => Verdict {
+                decision: Decision::Reject(Reason::InvalidToken(InvalidToken::TooLong)),
+                token_source: Some(source),
+            },
+            Some(Found::Token { token, source }) => Verdict {
+                decision: self.decide(&token).await,
+                token_source: Some(source),
+            },
+        };
+        self.metrics.count_decision(verdict.decision.label());
+        verdict
+    }
+
+    /// Decides about one token. The signature is verified before any epoch lookup, so a
+    /// forged token never costs an auth-origin request.
+    pub async fn decide(&self, token: &str) -> Decision {
+        let verified = match self.verifier.verify(token).await {
+            Ok(v) => v,
+            Err(VerifyError::Invalid(why)) => return Decision::Reject(Reason::InvalidToken(why)),
+            Err(VerifyError::NoKeys) => return Decision::Reject(Reason::NotReady),
+        };
+        let record = match self.cache.lookup(&verified.account).await {
+            Lookup::Fresh(entry) | Lookup::Stale(entry) => entry,
+            Lookup::Unavailable => {
+                return match self.on_origin_unavailable {
+                    OnOriginUnavailable::Deny => Decision::Reject(Reason::OriginUnavailable),
+                    OnOriginUnavailable::Allow => Decision::AllowUnchecked {
+                        account: verified.account,
+                        device: verified.device,
+                    },
+                }
+            }
+        };
+        match record.record.standing(&verified.device, verified.session_time) {
+            Standing::Valid => Decision::Allow {
+                account: verified.account,
+                device: verified.device,
+            },
+            Standing::SignedOut => Decision::Reject(Reason::SignedOut),
+            Standing::DeviceSignedOut => Decision::Reject(Reason::DeviceSignedOut),
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! Prometheus metrics of one gate, in a registry of its own, with label handles resolved once.
+
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::decision::DecisionLabel;
+
+/// Which auth-origin endpoint a request went to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Revocations,
+    Jwks,
+}
+
+impl Endpoint {
+    pub fn label(self) -> &'static str {
+        match self {
+            Endpoint::Revocations => "revocations",
+            Endpoint::Jwks => "jwks",
+        }
+    }
+}
+
+/// How an auth-origin request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    NotFound,
+    Error,
+    Timeout,
+}
+
+impl Outcome {
+    const ALL: [Outcome; 4] = [Outcome::Ok, Outcome::NotFound, Outcome::Error, Outcome::Timeout];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::NotFound => "not_found",
+            Outcome::Error => "error",
+            Outcome::Timeout => "timeout",
+        }
+    }
+}
+
+/// How a cache lookup was answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheResult {
+    Hit,
+    Miss,
+    Stale,
+}
+
+/// Every metric the gate exports.
+pub struct Metrics {
+    registry: Registry,
+    requests: Vec<(DecisionLabel, IntCounter)>,
+    cache_hit: IntCounter,
+    cache_miss: IntCounter,
+    cache_stale: IntCounter,
+    origin_requests: Vec<((Endpoint, Outcome), IntCounter)>,
+    origin_duration: [Histogram; 2],
+    pub cache_entries: IntGauge,
+    pub jwks_keys: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let requests_vec = IntCounterVec::new(
+            Opts::new(
+                "epochgate_requests_total",
+                "Requests through the gate, by decision.",
+            ),
+            &["decision"],
+        )
+        .expect("static metric definition");
+        let lookups = IntCounterVec::new(
+            Opts::new(
+                "epochgate_epoch_cache_lookups_total",
+                "Revocation-epoch cache lookups, by result (stale: served while a refresh runs).",
+            ),
+            &["result"],
+        )
+        .expect("static metric definition");
+        let origin_vec = IntCounterVec::new(
+            Opts::new(
+                "epochgate_origin_requests_total",
+                "Requests to the auth origin, by endpoint and outcome.",
+            ),
+            &["endpoint", "outcome"],
+        )
+        .expect("static metric definition");
+        let duration_vec = HistogramVec::new(
+            HistogramOpts::new(
+                "epochgate_origin_request_duration_seconds",
+                "Duration of auth-origin requests, by endpoint.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+            &["endpoint"],
+        )
+        .expect("static metric definition");
+        let cache_entries = IntGauge::new(
+            "epochgate_epoch_cache_entries",
+            "Accounts held in the revocation-epoch cache.",
+        )
+        .expect("static metric definition");
+        let jwks_keys = IntGauge::new(
+            "epochgate_jwks_keys",
+            "Verification keys currently loaded.",
+        )
+        .expect("static metric definition");
+
+        for collector in [
+            Box::new(requests_vec.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(lookups.clone()),
+            Box::new(origin_vec.clone()),
+            Box::new(duration_vec.clone()),
+            Box::new(cache_entries.clone()),
+            Box::new(jwks_keys.clone()),
+        ] {
+            registry
+                .register(collector)
+                .expect("metric names are unique");
+        }
+
+        // Label handles are looked up once here so the request path never hashes label values.
+        let requests = DecisionLabel::ALL
+            .iter()
+            .map(|d| (*d, requests_vec.with_label_values(&[d.as_str()])))
+            .collect();
+        let mut origin_requests = Vec::new();
+        for endpoint in [Endpoint::Revocations, Endpoint::Jwks] {
+            for outcome in Outcome::ALL {
+                origin_requests.push((
+                    (endpoint, outcome),
+                    origin_vec.with_label_values(&[endpoint.label(), outcome.label()]),
+                ));
+            }
+        }
+        Metrics {
+            cache_hit: lookups.with_label_values(&["hit"]),
+            cache_miss: lookups.with_label_values(&["miss"]),
+            cache_stale: lookups.with_label_values(&["stale"]),
+            origin_duration: [
+                duration_vec.with_label_values(&[Endpoint::Revocations.label()]),
+                duration_vec.with_label_values(&[Endpoint::Jwks.label()]),
+            ],
+            registry,
+            requests,
+            origin_requests,
+            cache_entries,
+            jwks_keys,
+        }
+    }
+
+    /// The registry, for embedders who expose it next to their own metrics.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    pub fn count_decision(&self, label: DecisionLabel) {
+        if let Some((_, c)) = self.requests.iter().find(|(d, _)| *d == label) {
+            c.inc();
+        }
+    }
+
+    pub fn count_lookup(&self, result: CacheResult) {
+        match result {
+            CacheResult::Hit => self.cache_hit.inc(),
+            CacheResult::Miss => self.cache_miss.inc(),
+            CacheResult::Stale => self.cache_stale.inc(),
+        }
+    }
+
+    pub fn count_origin_request(&self, endpoint: Endpoint, outcome: Outcome, took: Duration) {
+        if let Some((_, c)) = self
+            .origin_requests
+            .iter()
+            .find(|(k, _)| *k == (endpoint, outcome))
+        {
+            c.inc();
+        }
+        let histogram = match endpoint {
+            Endpoint::Revocations => &self.origin_duration[0],
+            Endpoint::Jwks => &self.origin_duration[1],
+        };
+        histogram.observe(took.as_secs_f64());
+    }
+
+    /// The Prometheus text exposition of this gate's metrics.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed metric families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

@@ -1,0 +1,242 @@
+//! The HTTP client for the auth origin: revocation records and the JWKS, with limits,
+//! outcome metrics and rate-limited error logs.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use serde::Deserialize;
+
+use crate::config::AuthOriginSettings;
+use crate::metrics::{Endpoint, Metrics, Outcome};
+use crate::revocation::RevocationRecord;
+
+/// Largest body the edge reads from the auth origin.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// Everything that is not unreserved in RFC 3986 is escaped in the account path segment.
+const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// Why an auth-origin request failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum OriginError {
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("request failed: {0}")]
+    Transport(String),
+    #[error("unexpected status {0}")]
+    Status(u16),
+    #[error("body larger than {MAX_BODY_BYTES} bytes")]
+    TooLarge,
+    #[error("invalid body: {0}")]
+    BadBody(String),
+}
+
+impl OriginError {
+    fn outcome(&self) -> Outcome {
+        match self {
+            OriginError::Timeout(_) => Outcome::Timeout,
+            _ => Outcome::Error,
+        }
+    }
+}
+
+/// The wire form of a revocation record.
+#[derive(Debug, Deserialize)]
+struct RecordBody {
+    #[serde(default)]
+    account_id: Option<String>,
+    epoch: u64,
+    #[serde(default)]
+    devices: std::collections::HashMap<String, u64>,
+}
+
+/// Client for one auth origin.
+pub struct OriginClient {
+    http: reqwest::Client,
+    base: String,
+    timeout: Duration,
+    metrics: Arc<Metrics>,
+    revocation_log: ThrottledLog,
+    jwks_log: ThrottledLog,
+}
+
+impl OriginClient {
+    pub fn new(settings: &AuthOriginSettings, metrics: Arc<Metrics>) -> Result<Self, OriginError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(settings.timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .user_agent(concat!("epochgate/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| OriginError::Transport(e.to_string()))?;
+        Ok(OriginClient {
+            http,
+            base: settings.url.clone(),
+            timeout: settings.timeout,
+            metrics,
+            revocation_log: ThrottledLog::new(),
+            jwks_log: ThrottledLog::new(),
+        })
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// `GET /v1/revocations/{account}`. A 404 means "no revocations": an empty record.
+    pub async fn fetch_record(&self, account: &str) -> Result<RevocationRecord, OriginError> {
+        let url = format!(
+            "{}/v1/revocations/{}",
+            self.base,
+            utf8_percent_encode(account, PATH_SEGMENT)
+        );
+        let result = self
+            .get(Endpoint::Revocations, &url, |status, body| match status {
+                404 => Ok(RevocationRecord::default()),
+                200 => {
+                    let parsed: RecordBody = serde_json::from_slice(body)
+                        .map_err(|e| OriginError::BadBody(e.to_string()))?;
+                    if parsed.account_id.as_deref().is_some_and(|a| a != account) {
+                        return Err(OriginError::BadBody(
+                            "account_id does not match the requested account".into(),
+                        ));
+                    }
+                    Ok(RevocationRecord {
+                        epoch: parsed.epoch,
+                        devices: parsed.devices,
+                    })
+                }
+                other => Err(OriginError::Status(other)),
+            })
+            .await;
+        if let Err(e) = &result {
+            self.revocation_log
+                .warn(format_args!("auth origin revocation lookup failed: {e}"));
+        }
+        result
+    }
+
+    /// `GET /.well-known/jwks.json`, as the raw list of keys (each parsed on its own so one
+    /// odd key does not hide the others).
+    pub async fn fetch_jwks(&self) -> Result<Vec<serde_json::Value>, OriginError> {
+        #[derive(Deserialize)]
+        struct JwksBody {
+            keys: Vec<serde_json::Value>,
+        }
+        let url = format!("{}/.well-known/jwks.json", self.base);
+        let result = self
+            .get(Endpoint::Jwks, &url, |status, body| match status {
+                200 => serde_json::from_slice::<JwksBody>(body)
+                    .map(|b| b.keys)
+                    .map_err(|e| OriginError::BadBody(e.to_string())),
+                other => Err(OriginError::Status(other)),
+            })
+            .await;
+        if let Err(e) = &result {
+            self.jwks_log
+                .warn(format_args!("auth origin JWKS fetch failed: {e}"));
+        }
+        result
+    }
+
+    /// One GET with the whole exchange (connect, headers, body) under the timeout, the body
+    /// capped, and the outcome counted.
+    async fn get<T>(
+        &self,
+        endpoint: Endpoint,
+        url: &str,
+        interpret: impl FnOnce(u16, &[u8]) -> Result<T, OriginError>,
+    ) -> Result<T, OriginError> {
+        let started = Instant::now();
+        let exchange = async {
+            let mut response = self
+                .http
+                .get(url)
+                .send()
+                .await
+                .map_err(|e| OriginError::Transport(e.without_url().to_string()))?;
+            let status = response.status().as_u16();
+            if response
+                .content_length()
+                .is_some_and(|len| len > MAX_BODY_BYTES as u64)
+            {
+                return Err(OriginError::TooLarge);
+            }
+            let mut body = Vec::new();
+            while let Some(chunk) = response
+                .chunk()
+                .await
+                .map_err(|e| OriginError::Transport(e.without_url().to_string()))?
+            {
+                if body.len() + chunk.len() > MAX_BODY_BYTES {
+                    return Err(OriginError::TooLarge);
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok((status, body))
+        };
+        let result = match tokio::time::timeout(self.timeout, exchange).await {
+            Err(_) => Err(OriginError::Timeout(self.timeout)),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok((status, body))) => interpret(status, &body).map(|v| (status, v)),
+        };
+        let outcome = match &result {
+            Ok((404, _)) => Outcome::NotFound,
+            Ok(_) => Outcome::Ok,
+            Err(e) => e.outcome(),
+        };
+        self.metrics
+            .count_origin_request(endpoint, outcome, started.elapsed());
+        result.map(|(_, v)| v)
+    }
+}
+
+/// A warning that is written at most once per interval, with a count of what it held back:
+/// an origin outage must not turn into one log line per request.
+pub struct ThrottledLog {
+    last_ms: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+/// How often a repeating warning is written.
+pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+impl ThrottledLog {
+    pub fn new() -> Self {
+        ThrottledLog {
+            last_ms: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    pub fn warn(&self, message: std::fmt::Arguments<'_>) {
+        let now = crate::unix_millis();
+        let last = self.last_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= LOG_INTERVAL.as_millis() as u64
+            && self
+                .last_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let held_back = self.suppressed.swap(0, Ordering::Relaxed);
+            if held_back > 0 {
+                log::warn!("{message} ({held_back} more like this in the last interval)");
+            } else {
+                log::warn!("{message}");
+            }
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Default for ThrottledLog {
+    fn default() -> Self {
+        ThrottledLog::new()
+    }
+}

@@ -1,0 +1,182 @@
+//! The thin Pingora glue: run the gate in `request_filter`, write rejections, and shape the
+//! request the upstream receives. Embedders call [`gate_request`] and
+//! [`prepare_upstream_request`] from their own `ProxyHttp`.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{ProxyHttp, Session};
+use pingora::Result;
+
+use crate::config::{ForwardSettings, ProxySettings, TokenSource};
+use crate::decision::{Decision, Reason};
+use crate::gate::{Gate, Verdict};
+use crate::token_source;
+
+/// Runs the gate on a request. A rejection is written to the client here (keep-alive kept)
+/// and `None` returned; otherwise the verdict to carry to [`prepare_upstream_request`].
+pub async fn gate_request(gate: &Gate, session: &mut Session) -> Result<Option<Verdict>> {
+    let request = session.req_header();
+    let verdict = gate.check(&request.headers, &request.uri).await;
+    match verdict.decision {
+        Decision::Reject(reason) => {
+            write_rejection(session, reason).await?;
+            Ok(None)
+        }
+        _ => Ok(Some(verdict)),
+    }
+}
+
+/// Writes the rejection a [`Reason`] stands for.
+pub async fn write_rejection(session: &mut Session, reason: Reason) -> Result<()> {
+    let rendered = reason.response();
+    let mut header = ResponseHeader::build(rendered.status, Some(4))?;
+    header.insert_header("content-type", "application/json")?;
+    header.insert_header("cache-control", "no-store")?;
+    for (name, value) in rendered.headers {
+        header.insert_header(name, value)?;
+    }
+    header.set_content_length(rendered.body.len())?;
+    session
+        .write_response_header(Box::new(header), false)
+        .await?;
+    session
+        .write_response_body(Some(Bytes::from(rendered.body)), true)
+        .await
+}
+
+/// Removes client-sent identity headers (always: a client can never spoof them), adds the
+/// verified ones, and strips the token when configured to.
+pub fn prepare_upstream_request(
+    forward: &ForwardSettings,
+    sources: &[TokenSource],
+    verdict: Option<&Verdict>,
+    upstream: &mut RequestHeader,
+) -> Result<()> {
+    // `remove_header` drops one entry per call: loop until every copy is gone.
+    for name in [&forward.account_header, &forward.device_header] {
+        while upstream.remove_header(name).is_some() {}
+    }
+    let Some(verdict) = verdict else {
+        return Ok(());
+    };
+    if let Some((account, device)) = verdict.decision.identity() {
+        upstream.insert_header(forward.account_header.clone(), account)?;
+        upstream.insert_header(forward.device_header.clone(), device)?;
+    }
+    if forward.strip_token {
+        if let Some(source) = verdict.token_source.and_then(|i| sources.get(i)) {
+            strip_token(source, upstream)?;
+        }
+    }
+    Ok(())
+}
+
+fn strip_token(source: &TokenSource, upstream: &mut RequestHeader) -> Result<()> {
+    match source {
+        TokenSource::Header { name, .. } => while upstream.remove_header(name).is_some() {},
+        TokenSource::Query { name } => {
+            if let Some(target) = token_source::uri_without_query_param(&upstream.uri, name) {
+                if let Ok(uri) = target.parse() {
+                    upstream.set_uri(uri);
+                }
+            }
+        }
+        TokenSource::Cookie { name } => {
+            let joined: Vec<String> = upstream
+                .headers
+                .get_all(http::header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok().map(str::to_string))
+                .collect();
+            if joined.is_empty() {
+                return Ok(());
+            }
+            while upstream.remove_header(&http::header::COOKIE).is_some() {}
+            if let Some(rest) = token_source::cookie_header_without(&joined.join("; "), name) {
+                upstream.insert_header(http::header::COOKIE, rest)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The ready-made proxy: the gate in front of a round-robin list of upstream peers.
+pub struct EpochGateProxy {
+    gate: Arc<Gate>,
+    forward: ForwardSettings,
+    peers: Vec<SocketAddr>,
+    tls: bool,
+    sni: String,
+    next_peer: AtomicUsize,
+}
+
+impl EpochGateProxy {
+    pub fn new(gate: Arc<Gate>, proxy: &ProxySettings, forward: ForwardSettings) -> Self {
+        EpochGateProxy {
+            gate,
+            forward,
+            peers: proxy.peers.clone(),
+            tls: proxy.tls,
+            sni: proxy.sni.clone(),
+            next_peer: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// Per-request state: the verdict of an allowed request.
+#[derive(Default)]
+pub struct RequestContext {
+    verdict: Option<Verdict>,
+}
+
+#[async_trait]
+impl ProxyHttp for EpochGateProxy {
+    type CTX = RequestContext;
+
+    fn new_ctx(&self) -> RequestContext {
+        RequestContext::default()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestContext) -> Result<bool> {
+        match gate_request(&self.gate, session).await? {
+            Some(verdict) => {
+                ctx.verdict = Some(verdict);
+                Ok(false)
+            }
+            None => Ok(true),
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestContext,
+    ) -> Result<Box<HttpPeer>> {
+        let index = self.next_peer.fetch_add(1, Ordering::Relaxed) % self.peers.len();
+        Ok(Box::new(HttpPeer::new(
+            self.peers[index],
+            self.tls,
+            self.sni.clone(),
+        )))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestContext,
+    ) -> Result<()> {
+        prepare_upstream_request(
+            &self.forward,
+            self.gate.token_sources(),
+            ctx.verdict.as_ref(),
+            upstream_request,
+        )
+    }
+}

@@ -1,0 +1,90 @@
+//! An account's revocation record and the two rules about it: what it revokes, and how
+//! records merge (epochs only go forward).
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+/// `{epoch, devices: {device_id: epoch}}`, epochs in Unix seconds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevocationRecord {
+    pub epoch: u64,
+    #[serde(default)]
+    pub devices: HashMap<String, u64>,
+}
+
+/// Whether a token issued at some time survives a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    Valid,
+    SignedOut,
+    DeviceSignedOut,
+}
+
+impl RevocationRecord {
+    /// A token is revoked when its session time is before the account's epoch or before its
+    /// device's epoch. A token issued in the epoch's own second is valid: the auth origin
+    /// sets the epoch to the second after the sign-out so that this holds.
+    pub fn standing(&self, device: &str, session_time: u64) -> Standing {
+        if session_time < self.epoch {
+            Standing::SignedOut
+        } else if self.devices.get(device).is_some_and(|&e| session_time < e) {
+            Standing::DeviceSignedOut
+        } else {
+            Standing::Valid
+        }
+    }
+
+    /// The field-wise maximum of two records: a lagging auth replica or an out-of-order
+    /// event can never un-revoke anybody.
+    pub fn merged(&self, newer: &RevocationRecord) -> RevocationRecord {
+        let mut devices = self.devices.clone();
+        for (device, &epoch) in &newer.devices {
+            let slot = devices.entry(device.clone()).or_insert(0);
+            *slot = (*slot).max(epoch);
+        }
+        RevocationRecord {
+            epoch: self.epoch.max(newer.epoch),
+            devices,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(epoch: u64, devices: &[(&str, u64)]) -> RevocationRecord {
+        RevocationRecord {
+            epoch,
+            devices: devices.iter().map(|(d, e)| (d.to_string(), *e)).collect(),
+        }
+    }
+
+    #[test]
+    fn token_before_account_epoch_is_signed_out() {
+        assert_eq!(record(100, &[]).standing("tv", 99), Standing::SignedOut);
+    }
+
+    #[test]
+    fn token_in_the_epoch_second_is_valid() {
+        assert_eq!(record(100, &[]).standing("tv", 100), Standing::Valid);
+    }
+
+    #[test]
+    fn device_epoch_only_affects_that_device() {
+        let r = record(100, &[("tv", 200)]);
+        assert_eq!(r.standing("tv", 150), Standing::DeviceSignedOut);
+        assert_eq!(r.standing("phone", 150), Standing::Valid);
+    }
+
+    #[test]
+    fn merge_never_goes_backwards() {
+        let old = record(200, &[("tv", 300), ("phone", 50)]);
+        let lagging = record(100, &[("tv", 10), ("phone", 60), ("car", 5)]);
+        assert_eq!(
+            old.merged(&lagging),
+            record(200, &[("tv", 300), ("phone", 60), ("car", 5)])
+        );
+    }
+}

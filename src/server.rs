@@ -1,0 +1,180 @@
+//! Assembling the Pingora server: proxy, admin listener, key refresher, listener watchdog.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora::apps::http_app::HttpServer;
+use pingora::server::configuration::Opt;
+use pingora::server::{Server, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service;
+
+use crate::admin::{AdminApp, Readiness};
+use crate::config::Settings;
+use crate::gate::{Gate, GateError};
+use crate::proxy::EpochGateProxy;
+
+/// How long the proxy listener may take to accept before the process gives up.
+pub const LISTEN_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr} ({key}): {source}")]
+    Bind {
+        addr: SocketAddr,
+        key: &'static str,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Gate(#[from] GateError),
+}
+
+/// Fails fast, naming the address, when a listener cannot be bound. Pingora alone retries
+/// for 30 s and then leaves the other services running with a dead proxy.
+pub fn check_listeners_free(settings: &Settings) -> Result<(), StartError> {
+    let proxy = settings.proxy.listen.iter().map(|a| (*a, "proxy.listen"));
+    let admin = std::iter::once((settings.admin_listen, "admin.listen"));
+    for (addr, key) in proxy.chain(admin) {
+        TcpListener::bind(addr).map_err(|source| StartError::Bind { addr, key, source })?;
+    }
+    Ok(())
+}
+
+/// A server ready to `run`, and the gate inside it.
+pub struct EdgeServer {
+    pub server: Server,
+    pub gate: Arc<Gate>,
+}
+
+/// Builds the whole edge from validated settings.
+pub fn build(settings: Settings, opt: Opt) -> Result<EdgeServer, StartError> {
+    let gate = Arc::new(Gate::new(&settings)?);
+    let readiness = Arc::new(Readiness::default());
+    let mut server = Server::new_with_opt_and_conf(opt, settings.server);
+    server.bootstrap();
+
+    let proxy = EpochGateProxy::new(gate.clone(), &settings.proxy, settings.forward.clone());
+    let mut proxy_service =
+        pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "epochgate proxy");
+    for addr in &settings.proxy.listen {
+        proxy_service.add_tcp(&addr.to_string());
+    }
+
+    let mut admin_service = Service::new(
+        "epochgate admin".to_string(),
+        HttpServer::new_app(AdminApp::new(gate.clone(), readiness.clone())),
+    );
+    admin_service.add_tcp(&settings.admin_listen.to_string());
+    admin_service.threads = Some(1);
+
+    let mut keys_service = background_service(
+        "epochgate keys",
+        KeyRefresher {
+            gate: gate.clone(),
+            every: settings.auth_origin.jwks_refresh,
+        },
+    );
+    keys_service.threads = Some(1);
+    let mut watchdog = background_service(
+        "epochgate listen watchdog",
+        ListenWatchdog {
+            addrs: settings.proxy.listen.clone(),
+            readiness,
+        },
+    );
+    watchdog.threads = Some(1);
+
+    server.add_service(proxy_service);
+    server.add_service(admin_service);
+    server.add_service(keys_service);
+    server.add_service(watchdog);
+    Ok(EdgeServer { server, gate })
+}
+
+/// Loads the JWKS at start (retrying with backoff until it arrives) and then periodically.
+struct KeyRefresher {
+    gate: Arc<Gate>,
+    every: Duration,
+}
+
+#[async_trait]
+impl BackgroundService for KeyRefresher {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let keys = self.gate.keys();
+        if !keys.uses_jwks() {
+            return;
+        }
+        let mut retry = Duration::from_millis(250);
+        loop {
+            let wait = match keys.refresh().await {
+                Ok(count) => {
+                    log::info!("JWKS loaded: {count} key(s)");
+                    retry = Duration::from_millis(250);
+                    self.every
+                }
+                // Keep the last good keys; retry sooner while none were ever loaded.
+                Err(_) if keys.current().is_empty() => {
+                    retry = (retry * 2).min(Duration::from_secs(10));
+                    retry
+                }
+                Err(_) => self.every.min(Duration::from_secs(30)),
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+/// Confirms the proxy accepts connections; exits the process when it does not within
+/// [`LISTEN_DEADLINE`], so no process lives on with a dead proxy and a healthy `/healthz`.
+struct ListenWatchdog {
+    addrs: Vec<SocketAddr>,
+    readiness: Arc<Readiness>,
+}
+
+#[async_trait]
+impl BackgroundService for ListenWatchdog {
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        let deadline = Instant::now() + LISTEN_DEADLINE;
+        for addr in &self.addrs {
+            let probe = reachable(*addr);
+            loop {
+                let ok = tokio::task::spawn_blocking(move || {
+                    TcpStream::connect_timeout(&probe, Duration::from_millis(200)).is_ok()
+                })
+                .await
+                .unwrap_or(false);
+                if ok {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    log::error!(
+                        "proxy listener {addr} is not accepting connections after {LISTEN_DEADLINE:?}; exiting"
+                    );
+                    eprintln!("epochgate: cannot listen on {addr} (proxy.listen); exiting");
+                    std::process::exit(1);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        self.readiness.set_proxy_listening();
+    }
+}
+
+/// A wildcard listen address is probed on loopback.
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V4(v4) if v4.ip().is_unspecified() => {
+            SocketAddr::from(([127, 0, 0, 1], v4.port()))
+        }
+        SocketAddr::V6(v6) if v6.ip().is_unspecified() => {
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, v6.port()))
+        }
+        other => other,
+    }
+}

@@ -1,0 +1,163 @@
+//! Token verification: header checks, signature against the key set, registered claims,
+//! and the account / device / session-time claims the gate needs.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, Validation};
+use serde_json::Value;
+
+use crate::config::TokenSettings;
+use crate::decision::InvalidToken;
+use crate::keys::KeyStore;
+use crate::token_source::MAX_TOKEN_BYTES;
+
+/// What a valid token says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedToken {
+    pub account: String,
+    pub device: String,
+    /// The session time (`iat` or the configured claim), Unix seconds.
+    pub session_time: u64,
+}
+
+/// Why verification did not produce a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerifyError {
+    Invalid(InvalidToken),
+    /// No keys loaded yet (JWKS not fetched): nothing can be verified.
+    NoKeys,
+}
+
+impl From<InvalidToken> for VerifyError {
+    fn from(e: InvalidToken) -> Self {
+        VerifyError::Invalid(e)
+    }
+}
+
+/// Verifies tokens against a [`KeyStore`] with one prepared `Validation` per algorithm.
+pub struct Verifier {
+    keys: Arc<KeyStore>,
+    validations: HashMap<Algorithm, Validation>,
+    account_claim: String,
+    device_claim: String,
+    time_claim: String,
+}
+
+impl Verifier {
+    pub fn new(settings: &TokenSettings, keys: Arc<KeyStore>) -> Verifier {
+        let validations = settings
+            .algorithms
+            .iter()
+            .map(|alg| {
+                let mut v = Validation::new(*alg);
+                v.algorithms = vec![*alg];
+                v.leeway = settings.leeway.as_secs();
+                v.validate_exp = true;
+                v.validate_nbf = true;
+                v.set_required_spec_claims(&["exp"]);
+                match &settings.issuer {
+                    Some(iss) => v.set_issuer(&[iss]),
+                    None => v.iss = None,
+                }
+                match &settings.audience {
+                    Some(aud) => v.set_audience(&[aud]),
+                    None => v.validate_aud = false,
+                }
+                (*alg, v)
+            })
+            .collect();
+        Verifier {
+            keys,
+            validations,
+            account_claim: settings.account_claim.clone(),
+            device_claim: settings.device_claim.clone(),
+            time_claim: settings.time_claim.clone(),
+        }
+    }
+
+    pub fn keys(&self) -> &KeyStore {
+        &self.keys
+    }
+
+    /// Checks the token completely before anything else looks at its claims.
+    pub async fn verify(&self, token: &str) -> Result<VerifiedToken, VerifyError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(InvalidToken::TooLong.into());
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|_| InvalidToken::Malformed)?;
+        let Some(validation) = self.validations.get(&header.alg) else {
+            return Err(InvalidToken::AlgorithmNotAllowed.into());
+        };
+        let mut keys = self.keys.current();
+        if keys.is_empty() {
+            return Err(VerifyError::NoKeys);
+        }
+        if let Some(kid) = header.kid.as_deref() {
+            if !keys.has_kid(kid) && self.keys.refresh_for_unknown_kid().await {
+                keys = self.keys.current();
+            }
+        }
+        let mut outcome = Err(InvalidToken::UnknownKey);
+        for key in keys.candidates(header.kid.as_deref(), header.alg) {
+            match jsonwebtoken::decode::<HashMap<String, Value>>(token, &key.decoding, validation) {
+                Ok(data) => {
+                    outcome = Ok(data.claims);
+                    break;
+                }
+                // Another key of the same algorithm may still match (no `kid`, or a rotation).
+                Err(e) if matches!(e.kind(), ErrorKind::InvalidSignature) => {
+                    outcome = Err(InvalidToken::BadSignature)
+                }
+                Err(e) => {
+                    outcome = Err(classify(e.kind()));
+                    break;
+                }
+            }
+        }
+        let claims = outcome?;
+        Ok(VerifiedToken {
+            account: string_claim(&claims, &self.account_claim)?,
+            device: string_claim(&claims, &self.device_claim)?,
+            session_time: time_claim(&claims, &self.time_claim)?,
+        })
+    }
+}
+
+fn classify(kind: &ErrorKind) -> InvalidToken {
+    match kind {
+        ErrorKind::InvalidSignature => InvalidToken::BadSignature,
+        ErrorKind::ExpiredSignature => InvalidToken::Expired,
+        ErrorKind::ImmatureSignature => InvalidToken::NotYetValid,
+        ErrorKind::InvalidIssuer => InvalidToken::WrongIssuer,
+        ErrorKind::InvalidAudience => InvalidToken::WrongAudience,
+        ErrorKind::MissingRequiredClaim(_) => InvalidToken::MissingClaim,
+        ErrorKind::InvalidClaimFormat(_) => InvalidToken::BadClaim,
+        ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => {
+            InvalidToken::AlgorithmNotAllowed
+        }
+        ErrorKind::Json(_) => InvalidToken::BadClaim,
+        _ => InvalidToken::Malformed,
+    }
+}
+
+fn string_claim(claims: &HashMap<String, Value>, name: &str) -> Result<String, InvalidToken> {
+    match claims.get(name) {
+        None | Some(Value::Null) => Err(InvalidToken::MissingClaim),
+        Some(Value::String(s)) if !s.is_empty() && s.len() <= 256 => Ok(s.clone()),
+        Some(_) => Err(InvalidToken::BadClaim),
+    }
+}
+
+/// A NumericDate: a non-negative number of seconds (fractions are truncated).
+fn time_claim(claims: &HashMap<String, Value>, name: &str) -> Result<u64, InvalidToken> {
+    match claims.get(name) {
+        None | Some(Value::Null) => Err(InvalidToken::MissingClaim),
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .or_else(|| n.as_f64().filter(|f| f.is_finite() && *f >= 0.0).map(|f| f as u64))
+            .ok_or(InvalidToken::BadClaim),
+        Some(_) => Err(InvalidToken::BadClaim),
+    }
+}

@@ -25,9 +25,20 @@ impl SigningKey {
 
     /// A fresh Ed25519 key (EdDSA).
     pub fn generate_ed25519(kid: &str) -> Result<SigningKey, String> {
+        use aws_lc_rs::signature::KeyPair;
+        use base64::Engine;
         let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
             .map_err(|_| "cannot generate an Ed25519 key".to_string())?;
-        SigningKey::new(kid, Algorithm::EdDSA, EncodingKey::from_ed_der(pkcs8.as_ref()))
+        // jsonwebtoken cannot derive an OKP JWK from a PKCS#8 key: write it from the public half.
+        let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
+            .map_err(|_| "cannot read the Ed25519 key".to_string())?;
+        let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(pair.public_key().as_ref());
+        Ok(SigningKey {
+            kid: kid.to_string(),
+            alg: Algorithm::EdDSA,
+            encoding: EncodingKey::from_ed_der(pkcs8.as_ref()),
+            jwk: serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": x, "alg": "EdDSA", "kid": kid}),
+        })
     }
 
     /// An RSA key from a PEM private key (RS256).

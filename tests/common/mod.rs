@@ -1,0 +1,517 @@
+//! Shared fixtures: a programmable auth origin, an echoing upstream, and the real edge
+//! binary run as a child process, all on loopback.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, Request, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use epochgate::reference::signing::SigningKey;
+use epochgate::revocation::RevocationRecord;
+use serde_json::{json, Value};
+use tokio::task::JoinSet;
+
+pub const ISSUER: &str = "https://auth.test";
+pub const AUDIENCE: &str = "streaming-edge";
+
+pub fn now() -> u64 {
+    epochgate::unix_millis() / 1000
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, or panics after `within`.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {within:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The auth origin
+// ---------------------------------------------------------------------------
+
+/// How the test origin answers revocation lookups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Normal,
+    Status500,
+    Html,
+    /// Accept and never answer.
+    Hang,
+    /// Answer after this long.
+    Slow(Duration),
+    /// A 50 MB body.
+    Huge,
+}
+
+pub struct OriginState {
+    pub records: Mutex<HashMap<String, Value>>,
+    pub jwks: Mutex<Vec<Value>>,
+    pub mode: Mutex<Mode>,
+    pub jwks_down: Mutex<bool>,
+    pub revocation_requests: AtomicU64,
+    pub jwks_requests: AtomicU64,
+}
+
+/// A protocol-speaking auth origin whose answers the test controls, and which counts.
+pub struct TestOrigin {
+    pub state: Arc<OriginState>,
+    pub key: SigningKey,
+    pub addr: SocketAddr,
+    tasks: Option<Arc<Mutex<JoinSet<()>>>>,
+    accept: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestOrigin {
+    pub async fn start() -> TestOrigin {
+        let key = SigningKey::generate_es256("test-es256").unwrap();
+        let state = Arc::new(OriginState {
+            records: Mutex::new(HashMap::new()),
+            jwks: Mutex::new(vec![key.jwk().clone()]),
+            mode: Mutex::new(Mode::Normal),
+            jwks_down: Mutex::new(false),
+            revocation_requests: AtomicU64::new(0),
+            jwks_requests: AtomicU64::new(0),
+        });
+        let mut origin = TestOrigin {
+            state,
+            key,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tasks: None,
+            accept: None,
+        };
+        origin.listen(0).await;
+        origin
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting and drops every open connection: the origin is down (refused).
+    pub fn stop(&mut self) {
+        if let Some(accept) = self.accept.take() {
+            accept.abort();
+        }
+        if let Some(tasks) = self.tasks.take() {
+            tasks.lock().unwrap().abort_all();
+        }
+    }
+
+    /// Comes back on the same port.
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.listen(self.addr.port()).await;
+    }
+
+    async fn listen(&mut self, port: u16) {
+        let listener = loop {
+            match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+                Ok(l) => break l,
+                Err(_) if port != 0 => tokio::time::sleep(Duration::from_millis(20)).await,
+                Err(e) => panic!("bind: {e}"),
+            }
+        };
+        self.addr = listener.local_addr().unwrap();
+        let router = Router::new()
+            .route("/.well-known/jwks.json", get(origin_jwks))
+            .route("/v1/revocations/{account}", get(origin_revocation))
+            .with_state(self.state.clone());
+        let tasks = Arc::new(Mutex::new(JoinSet::new()));
+        self.tasks = Some(tasks.clone());
+        self.accept = Some(tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let service = hyper_util::service::TowerToHyperService::new(router.clone());
+                tasks.lock().unwrap().spawn(async move {
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, service)
+                        .await;
+                });
+            }
+        }));
+    }
+
+    pub fn set_mode(&self, mode: Mode) {
+        *self.state.mode.lock().unwrap() = mode;
+    }
+
+    pub fn set_jwks_down(&self, down: bool) {
+        *self.state.jwks_down.lock().unwrap() = down;
+    }
+
+    pub fn set_jwks(&self, keys: Vec<Value>) {
+        *self.state.jwks.lock().unwrap() = keys;
+    }
+
+    /// Sets the account's record as the origin will serve it (any value, even backwards).
+    pub fn set_record(&self, account: &str, epoch: u64, devices: &[(&str, u64)]) {
+        let devices: HashMap<&str, u64> = devices.iter().copied().collect();
+        self.set_raw_record(account, json!({"account_id": account, "epoch": epoch, "devices": devices}));
+    }
+
+    pub fn set_raw_record(&self, account: &str, body: Value) {
+        self.state.records.lock().unwrap().insert(account.to_string(), body);
+    }
+
+    pub fn revocation_requests(&self) -> u64 {
+        self.state.revocation_requests.load(Ordering::SeqCst)
+    }
+
+    pub fn jwks_requests(&self) -> u64 {
+        self.state.jwks_requests.load(Ordering::SeqCst)
+    }
+
+    /// A valid token for account/device issued at `iat`.
+    pub fn token_at(&self, account: &str, device: &str, iat: u64) -> String {
+        self.key.sign(&claims(account, device, iat)).unwrap()
+    }
+
+    /// A valid token issued a minute ago.
+    pub fn token(&self, account: &str, device: &str) -> String {
+        self.token_at(account, device, now() - 60)
+    }
+}
+
+impl Drop for TestOrigin {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Standard claims of a valid device token.
+pub fn claims(account: &str, device: &str, iat: u64) -> Value {
+    json!({
+        "sub": account, "did": device, "iat": iat, "exp": now() + 3600,
+        "iss": ISSUER, "aud": AUDIENCE,
+    })
+}
+
+async fn origin_jwks(State(state): State<Arc<OriginState>>) -> Response {
+    state.jwks_requests.fetch_add(1, Ordering::SeqCst);
+    if *state.jwks_down.lock().unwrap() {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    let keys = state.jwks.lock().unwrap().clone();
+    Json(json!({ "keys": keys })).into_response()
+}
+
+async fn origin_revocation(
+    State(state): State<Arc<OriginState>>,
+    Path(account): Path<String>,
+) -> Response {
+    state.revocation_requests.fetch_add(1, Ordering::SeqCst);
+    let mode = *state.mode.lock().unwrap();
+    match mode {
+        Mode::Normal => {}
+        Mode::Status500 => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        Mode::Html => {
+            return ([("content-type", "text/html")], "<html><body>Bad gateway</body></html>")
+                .into_response()
+        }
+        Mode::Hang => std::future::pending::<()>().await,
+        Mode::Slow(d) => tokio::time::sleep(d).await,
+        Mode::Huge => {
+            let body = format!(
+                "{{\"account_id\":\"{account}\",\"epoch\":1,\"pad\":\"{}\"}}",
+                "x".repeat(50 * 1024 * 1024)
+            );
+            return ([("content-type", "application/json")], body).into_response();
+        }
+    }
+    let record = state.records.lock().unwrap().get(&account).cloned();
+    match record {
+        Some(body) => Json(body).into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The upstream
+// ---------------------------------------------------------------------------
+
+/// An HTTP/1.1 upstream that answers every request with what it received.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub requests: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Upstream {
+    pub async fn start() -> Upstream {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(AtomicU64::new(0));
+        let counter = requests.clone();
+        let router = Router::new().fallback(move |req: Request<Body>| {
+            let counter = counter.clone();
+            async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+                echo(req.headers(), req.uri())
+            }
+        });
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        Upstream { addr, requests, task }
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn echo(headers: &HeaderMap, uri: &Uri) -> Json<Value> {
+    let mut seen: HashMap<String, Vec<String>> = HashMap::new();
+    for (name, value) in headers {
+        seen.entry(name.as_str().to_string())
+            .or_default()
+            .push(String::from_utf8_lossy(value.as_bytes()).into_owned());
+    }
+    Json(json!({ "uri": uri.to_string(), "headers": seen }))
+}
+
+// ---------------------------------------------------------------------------
+// The edge
+// ---------------------------------------------------------------------------
+
+/// The real `epochgate` binary, configured for a test, killed on drop.
+pub struct Edge {
+    child: Child,
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub client: reqwest::Client,
+}
+
+/// The config every test starts from; `extra` is appended (YAML keys of the top level).
+pub fn edge_config(origin_url: &str, upstream: SocketAddr, proxy: u16, admin: u16, dir: &std::path::Path, cache: &str, extra: &str) -> String {
+    format!(
+        r#"server:
+  threads: 2
+  pid_file: {dir}/edge.pid
+  upgrade_sock: {dir}/upgrade.sock
+  grace_period_seconds: 0
+  graceful_shutdown_timeout_seconds: 1
+proxy:
+  listen: ["127.0.0.1:{proxy}"]
+  upstream: {{ peers: ["{upstream}"] }}
+admin:
+  listen: "127.0.0.1:{admin}"
+auth_origin:
+  url: "{origin_url}"
+  timeout: 250ms
+token:
+  algorithms: [ES256, RS256, EdDSA]
+  issuer: "{ISSUER}"
+  audience: "{AUDIENCE}"
+  leeway: 5s
+cache:
+{cache}
+{extra}"#,
+        dir = dir.display()
+    )
+}
+
+pub const DEFAULT_CACHE: &str = "  refresh_after: 30s\n  max_stale: 10m\n";
+
+impl Edge {
+    /// Starts an edge in front of `upstream`, using `origin`, and waits until it is ready.
+    pub async fn start(origin: &TestOrigin, upstream: &Upstream) -> Edge {
+        Edge::start_with(&origin.url(), upstream.addr, DEFAULT_CACHE, "").await
+    }
+
+    pub async fn start_with(origin_url: &str, upstream: SocketAddr, cache: &str, extra: &str) -> Edge {
+        let edge = Edge::spawn(origin_url, upstream, cache, extra);
+        edge.wait_ready().await;
+        edge
+    }
+
+    /// Starts the process without waiting for readiness.
+    pub fn spawn(origin_url: &str, upstream: SocketAddr, cache: &str, extra: &str) -> Edge {
+        let dir = tempfile::tempdir().unwrap();
+        let proxy = free_port();
+        let admin = free_port();
+        let config = edge_config(origin_url, upstream, proxy, admin, dir.path(), cache, extra);
+        let config_path = dir.path().join("epochgate.yaml");
+        std::fs::write(&config_path, config).unwrap();
+        let log = std::fs::File::create(dir.path().join("edge.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_epochgate"))
+            .arg("-c")
+            .arg(&config_path)
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("run epochgate");
+        Edge {
+            child,
+            proxy: SocketAddr::from(([127, 0, 0, 1], proxy)),
+            admin: SocketAddr::from(([127, 0, 0, 1], admin)),
+            dir,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+        }
+    }
+
+    pub async fn wait_ready(&self) {
+        let url = format!("http://{}/readyz", self.admin);
+        let client = self.client.clone();
+        eventually(Duration::from_secs(15), "edge /readyz = 200", || {
+            let client = client.clone();
+            let url = url.clone();
+            async move {
+                let r = client.get(&url).send().await.ok()?;
+                (r.status() == 200).then_some(())
+            }
+        })
+        .await;
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.proxy)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    /// GET through the edge with `Authorization: Bearer <token>`.
+    pub async fn get_with_token(&self, path: &str, token: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request through the edge")
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.expect("request through the edge")
+    }
+
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// The value of one sample line of `/metrics`, e.g. `epochgate_requests_total{decision="allowed"}`.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        let text = self.metrics().await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.trim().parse().ok()))
+            .unwrap_or(0.0)
+    }
+
+    pub fn log(&self) -> String {
+        let mut text = String::new();
+        if let Ok(mut f) = std::fs::File::open(self.dir.path().join("edge.log")) {
+            let _ = f.read_to_string(&mut text);
+        }
+        text
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("epochgate.yaml")
+    }
+
+    /// Waits for the process to exit by itself; `None` if it is still running after `within`.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Edge {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The JSON an upstream echo returned.
+pub async fn echoed(response: reqwest::Response) -> Value {
+    assert_eq!(response.status(), 200, "expected the request to reach the upstream");
+    response.json().await.expect("echo JSON")
+}
+
+/// The JSON body of a rejection, checked for its content type.
+pub async fn rejection(response: reqwest::Response, status: u16) -> Value {
+    assert_eq!(response.status(), status);
+    assert_eq!(
+        response.headers().get("content-type").and_then(|v| v.to_str().ok()),
+        Some("application/json")
+    );
+    response.json().await.expect("rejection JSON")
+}
+
+/// Runs `epochgate` with arguments and returns (exit code, stdout+stderr).
+pub fn run_cli(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_epochgate"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run epochgate");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+pub fn record(epoch: u64) -> RevocationRecord {
+    RevocationRecord { epoch, devices: HashMap::new() }
+}

@@ -1,0 +1,185 @@
+//! Start-up, configuration errors, the admin endpoints and the metrics exposition.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn write_config(dir: &tempfile::TempDir, text: &str) -> String {
+    let path = dir.path().join("epochgate.yaml");
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+fn valid_config(dir: &tempfile::TempDir) -> String {
+    edge_config("http://127.0.0.1:9", "127.0.0.1:9".parse().unwrap(), free_port(), free_port(), dir.path(), DEFAULT_CACHE, "")
+}
+
+#[test]
+fn test_flag_accepts_a_valid_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(&dir, &valid_config(&dir));
+    let (code, out) = run_cli(&["-t", "-c", &path]);
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
+fn reference_config_is_valid() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/epochgate.yaml");
+    let (code, out) = run_cli(&["-t", "-c", path]);
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
+fn unknown_key_is_an_error_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = valid_config(&dir).replace("  leeway: 5s", "  leeway: 5s\n  leeeway: 5s");
+    let (code, out) = run_cli(&["-t", "-c", &write_config(&dir, &text)]);
+    assert_ne!(code, 0);
+    assert!(out.contains("token") && out.contains("leeeway"), "{out}");
+}
+
+#[test]
+fn unknown_server_key_is_an_error_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = valid_config(&dir).replace("  threads: 2", "  threads: 2\n  graceperiod: 3");
+    let (code, out) = run_cli(&["-t", "-c", &write_config(&dir, &text)]);
+    assert_ne!(code, 0);
+    assert!(out.contains("server.graceperiod"), "{out}");
+}
+
+#[test]
+fn bad_duration_is_an_error_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = valid_config(&dir).replace("timeout: 250ms", "timeout: soon");
+    let (code, out) = run_cli(&["-c", &write_config(&dir, &text)]);
+    assert_ne!(code, 0);
+    assert!(out.contains("auth_origin.timeout") && out.contains("soon"), "{out}");
+}
+
+#[test]
+fn empty_peer_list_is_an_error_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = valid_config(&dir).replace(r#"peers: ["127.0.0.1:9"]"#, "peers: []");
+    let (code, out) = run_cli(&["-c", &write_config(&dir, &text)]);
+    assert_ne!(code, 0);
+    assert!(out.contains("proxy.upstream.peers"), "{out}");
+}
+
+#[test]
+fn unknown_algorithm_is_an_error_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = valid_config(&dir).replace("[ES256, RS256, EdDSA]", "[ES256, ROT13]");
+    let (code, out) = run_cli(&["-c", &write_config(&dir, &text)]);
+    assert_ne!(code, 0);
+    assert!(out.contains("token.algorithms[1]") && out.contains("ROT13"), "{out}");
+}
+
+#[test]
+fn busy_listen_address_exits_non_zero_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let text = edge_config("http://127.0.0.1:9", "127.0.0.1:9".parse().unwrap(), port, free_port(), dir.path(), DEFAULT_CACHE, "");
+    let started = Instant::now();
+    let (code, out) = run_cli(&["-c", &write_config(&dir, &text)]);
+    assert_ne!(code, 0);
+    assert!(out.contains(&format!("127.0.0.1:{port}")), "{out}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn healthz_answers_and_unknown_admin_path_is_404() {
+    let origin = TestOrigin::start().await;
+    let upstream = Upstream::start().await;
+    let edge = Edge::start(&origin, &upstream).await;
+
+    let health = edge.client.get(edge.admin_url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let other = edge.client.get(edge.admin_url("/nope")).send().await.unwrap();
+    assert_eq!(other.status(), 404);
+}
+
+#[tokio::test]
+async fn edge_without_jwks_is_not_ready_and_answers_503_until_keys_arrive() {
+    let origin = TestOrigin::start().await;
+    origin.set_jwks_down(true);
+    let upstream = Upstream::start().await;
+    let edge = Edge::spawn(&origin.url(), upstream.addr, DEFAULT_CACHE, "");
+
+    let report: serde_json::Value = eventually(Duration::from_secs(10), "/readyz to answer", || {
+        let edge = &edge;
+        async move {
+            let r = edge.client.get(edge.admin_url("/readyz")).send().await.ok()?;
+            assert_eq!(r.status(), 503);
+            let body: serde_json::Value = r.json().await.ok()?;
+            // Wait until the proxy listens, so the reason left is the keys.
+            (body["proxy_listening"] == true).then_some(body)
+        }
+    })
+    .await;
+    assert_eq!(report["ready"], false);
+    assert_eq!(report["keys"], 0);
+    assert!(report["reason"].as_str().unwrap().contains("keys"), "{report}");
+
+    let response = edge.get_with_token("/", &origin.token("alice", "tv")).await;
+    assert_eq!(rejection(response, 503).await["error"], "not_ready");
+
+    origin.set_jwks_down(false);
+    edge.wait_ready().await;
+    assert_eq!(edge.get_with_token("/", &origin.token("alice", "tv")).await.status(), 200);
+    assert_eq!(edge.metric("epochgate_jwks_keys").await, 1.0);
+}
+
+#[tokio::test]
+async fn metrics_exposition_passes_promtool() {
+    let origin = TestOrigin::start().await;
+    origin.set_record("alice", now() - 10, &[]);
+    let upstream = Upstream::start().await;
+    let edge = Edge::start(&origin, &upstream).await;
+    // Traffic of every kind, so every family has samples.
+    edge.get("/").await;
+    edge.get_with_token("/", "not.a.token").await;
+    edge.get_with_token("/", &origin.token("bob", "tv")).await;
+    edge.get_with_token("/", &origin.token_at("alice", "tv", now() - 100)).await;
+    let text = edge.metrics().await;
+    for name in [
+        "epochgate_requests_total",
+        "epochgate_epoch_cache_lookups_total",
+        "epochgate_origin_requests_total",
+        "epochgate_origin_request_duration_seconds_bucket",
+        "epochgate_epoch_cache_entries",
+        "epochgate_jwks_keys",
+    ] {
+        assert!(text.contains(name), "{name} missing from:\n{text}");
+    }
+
+    let promtool = which("promtool").expect(
+        "promtool is needed for this test: apt-get install -y prometheus (./dev.sh test installs it)",
+    );
+    let mut child = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn which(program: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(program))
+            .find(|path| path.is_file())
+    })
+}

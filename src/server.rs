@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use pingora::apps::http_app::HttpServer;
 use pingora::server::configuration::Opt;
 use pingora::server::{Server, ShutdownWatch};
-use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::background::{background_service, BackgroundService, GenBackgroundService};
 use pingora::services::listening::Service;
 
 use crate::admin::{AdminApp, Readiness};
@@ -70,14 +70,7 @@ pub fn build(settings: Settings, opt: Opt) -> Result<EdgeServer, StartError> {
     admin_service.add_tcp(&settings.admin_listen.to_string());
     admin_service.threads = Some(1);
 
-    let mut keys_service = background_service(
-        "epochgate keys",
-        KeyRefresher {
-            gate: gate.clone(),
-            every: settings.auth_origin.jwks_refresh,
-        },
-    );
-    keys_service.threads = Some(1);
+    let keys_service = key_refresh_service(gate.clone(), settings.auth_origin.jwks_refresh);
     let mut watchdog = background_service(
         "epochgate listen watchdog",
         ListenWatchdog {
@@ -94,8 +87,15 @@ pub fn build(settings: Settings, opt: Opt) -> Result<EdgeServer, StartError> {
     Ok(EdgeServer { server, gate })
 }
 
+/// The background service that keeps a gate's JWKS loaded; embedders add it to their server.
+pub fn key_refresh_service(gate: Arc<Gate>, every: Duration) -> GenBackgroundService<KeyRefresher> {
+    let mut service = background_service("epochgate keys", KeyRefresher { gate, every });
+    service.threads = Some(1);
+    service
+}
+
 /// Loads the JWKS at start (retrying with backoff until it arrives) and then periodically.
-struct KeyRefresher {
+pub struct KeyRefresher {
     gate: Arc<Gate>,
     every: Duration,
 }

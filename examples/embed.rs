@@ -1,0 +1,91 @@
+//! Embedding the gate in your own Pingora `ProxyHttp`.
+//!
+//! This proxy gates only `/live/...` (the paid streams) and lets `/public/...` through
+//! without a token. Run it with the reference config:
+//!
+//! ```text
+//! cargo run --release --example embed -- config/epochgate.yaml
+//! ```
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use epochgate::config::ForwardSettings;
+use epochgate::gate::{Gate, Verdict};
+use epochgate::proxy::{gate_request, prepare_upstream_request};
+use epochgate::Settings;
+use pingora::http::RequestHeader;
+use pingora::prelude::HttpPeer;
+use pingora::proxy::{http_proxy_service, ProxyHttp, Session};
+use pingora::server::configuration::Opt;
+use pingora::server::Server;
+
+struct MyProxy {
+    gate: Arc<Gate>,
+    forward: ForwardSettings,
+    upstream: SocketAddr,
+}
+
+#[async_trait]
+impl ProxyHttp for MyProxy {
+    /// The gate's verdict, when the request was gated and allowed.
+    type CTX = Option<Verdict>;
+
+    fn new_ctx(&self) -> Self::CTX {
+        None
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> pingora::Result<bool> {
+        if session.req_header().uri.path().starts_with("/public/") {
+            return Ok(false);
+        }
+        // `None`: the gate already wrote its 401/503 (connection kept alive).
+        match gate_request(&self.gate, session).await? {
+            Some(verdict) => {
+                *ctx = Some(verdict);
+                Ok(false)
+            }
+            None => Ok(true),
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Self::CTX) -> pingora::Result<Box<HttpPeer>> {
+        Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut Self::CTX,
+    ) -> pingora::Result<()> {
+        // Always called, gated or not: client-sent identity headers are removed either way.
+        prepare_upstream_request(&self.forward, self.gate.token_sources(), ctx.as_ref(), upstream_request)
+    }
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    env_logger::init();
+    let path = std::env::args().nth(1).unwrap_or_else(|| "config/epochgate.yaml".into());
+    let settings = Settings::load(path.as_ref())?;
+    let gate = Arc::new(Gate::new(&settings)?);
+
+    let mut server = Server::new(Some(Opt::default()))?;
+    server.bootstrap();
+    let mut proxy = http_proxy_service(
+        &server.configuration,
+        MyProxy {
+            gate: gate.clone(),
+            forward: settings.forward.clone(),
+            upstream: settings.proxy.peers[0],
+        },
+    );
+    for addr in &settings.proxy.listen {
+        proxy.add_tcp(&addr.to_string());
+    }
+    server.add_service(proxy);
+    // Keeps the JWKS loaded (a no-op for static keys).
+    server.add_service(epochgate::server::key_refresh_service(gate, settings.auth_origin.jwks_refresh));
+    server.run_forever()
+}

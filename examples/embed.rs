@@ -36,7 +36,11 @@ impl ProxyHttp for MyProxy {
         None
     }
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> pingora::Result<bool> {
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut Self::CTX,
+    ) -> pingora::Result<bool> {
         if session.req_header().uri.path().starts_with("/public/") {
             return Ok(false);
         }
@@ -50,7 +54,11 @@ impl ProxyHttp for MyProxy {
         }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Self::CTX) -> pingora::Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut Self::CTX,
+    ) -> pingora::Result<Box<HttpPeer>> {
         Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
     }
 
@@ -61,13 +69,20 @@ impl ProxyHttp for MyProxy {
         ctx: &mut Self::CTX,
     ) -> pingora::Result<()> {
         // Always called, gated or not: client-sent identity headers are removed either way.
-        prepare_upstream_request(&self.forward, self.gate.token_sources(), ctx.as_ref(), upstream_request)
+        prepare_upstream_request(
+            &self.forward,
+            self.gate.token_sources(),
+            ctx.as_ref(),
+            upstream_request,
+        )
     }
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     env_logger::init();
-    let path = std::env::args().nth(1).unwrap_or_else(|| "config/epochgate.yaml".into());
+    let path = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "config/epochgate.yaml".into());
     let settings = Settings::load(path.as_ref())?;
     let gate = Arc::new(Gate::new(&settings)?);
 
@@ -86,6 +101,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     server.add_service(proxy);
     // Keeps the JWKS loaded (a no-op for static keys).
-    server.add_service(epochgate::server::key_refresh_service(gate, settings.auth_origin.jwks_refresh));
+    server.add_service(epochgate::server::key_refresh_service(
+        gate,
+        settings.auth_origin.jwks_refresh,
+    ));
     server.run_forever()
 }

@@ -23,7 +23,11 @@ impl ProxyHttp for Passthrough {
 
     fn new_ctx(&self) {}
 
-    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> pingora::Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut (),
+    ) -> pingora::Result<Box<HttpPeer>> {
         Ok(Box::new(HttpPeer::new(self.upstream, false, String::new())))
     }
 }
@@ -31,10 +35,17 @@ impl ProxyHttp for Passthrough {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let listen = args.next().unwrap_or_else(|| "127.0.0.1:6190".into());
-    let upstream: SocketAddr = args.next().unwrap_or_else(|| "127.0.0.1:8000".into()).parse()?;
+    let upstream: SocketAddr = args
+        .next()
+        .unwrap_or_else(|| "127.0.0.1:8000".into())
+        .parse()?;
     let threads: usize = args.next().unwrap_or_else(|| "1".into()).parse()?;
 
-    let conf = ServerConf { threads, grace_period_seconds: Some(0), ..ServerConf::default() };
+    let conf = ServerConf {
+        threads,
+        grace_period_seconds: Some(0),
+        ..ServerConf::default()
+    };
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
     server.bootstrap();
     let mut proxy = http_proxy_service(&server.configuration, Passthrough { upstream });

@@ -53,6 +53,7 @@ impl AdminApp {
             "keys": keys,
             "proxy_listening": listening,
             "cached_accounts": self.gate.cache().entry_count(),
+            "feed": self.gate.feed_status().state().as_str(),
         });
         if let Some(reason) = reason {
             body["reason"] = reason.into();
@@ -81,6 +82,9 @@ impl ServeHttp for AdminApp {
                 metrics
                     .cache_entries
                     .set(self.gate.cache().entry_count() as i64);
+                metrics
+                    .feed_last_activity_age
+                    .set(self.gate.feed_status().last_activity_age().as_secs_f64());
                 respond(200, "text/plain; version=0.0.4", metrics.encode())
             }
             "/healthz" => respond(200, "application/json", br#"{"status":"ok"}"#.to_vec()),
@@ -92,7 +96,11 @@ impl ServeHttp for AdminApp {
                     body.to_string().into_bytes(),
                 )
             }
-            _ => respond(404, "application/json", br#"{"error":"not_found"}"#.to_vec()),
+            _ => respond(
+                404,
+                "application/json",
+                br#"{"error":"not_found"}"#.to_vec(),
+            ),
         }
     }
 }

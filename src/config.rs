@@ -114,6 +114,23 @@ struct AuthOriginFile {
     /// How often the JWKS is fetched again while keys are loaded.
     #[serde(default = "default_jwks_refresh")]
     jwks_refresh: HumanDuration,
+    /// Subscribe to `GET /v1/revocation-feed` (Server-Sent Events).
+    #[serde(default = "default_true")]
+    feed: bool,
+    /// A feed connection silent this long (three missed 15 s pings) is replaced.
+    #[serde(default = "default_feed_idle_timeout")]
+    feed_idle_timeout: HumanDuration,
+    /// After a 404 on the feed, try it again this often.
+    #[serde(default = "default_feed_unsupported_retry")]
+    feed_unsupported_retry: HumanDuration,
+}
+
+fn default_feed_idle_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(45))
+}
+
+fn default_feed_unsupported_retry() -> HumanDuration {
+    HumanDuration(Duration::from_secs(300))
 }
 
 fn default_origin_timeout() -> HumanDuration {
@@ -308,6 +325,15 @@ pub struct AuthOriginSettings {
     pub url: String,
     pub timeout: Duration,
     pub jwks_refresh: Duration,
+    pub feed: FeedSettings,
+}
+
+/// The revocation feed subscription.
+#[derive(Debug, Clone)]
+pub struct FeedSettings {
+    pub enabled: bool,
+    pub idle_timeout: Duration,
+    pub unsupported_retry: Duration,
 }
 
 /// Where a token may be carried, in the order they are tried.
@@ -456,8 +482,8 @@ fn server_conf(section: Option<serde_norway::Mapping>) -> Result<ServerConf, Con
     for (key, value) in section {
         defaults.insert(key, value);
     }
-    let conf: ServerConf =
-        serde_path_to_error::deserialize(serde_norway::Value::Mapping(defaults)).map_err(|e| {
+    let conf: ServerConf = serde_path_to_error::deserialize(serde_norway::Value::Mapping(defaults))
+        .map_err(|e| {
             ConfigError::new(format!("server.{}", e.path()), e.into_inner().to_string())
         })?;
     if conf.threads == 0 {
@@ -543,10 +569,20 @@ impl AuthOriginFile {
         }
         positive("auth_origin.timeout", self.timeout)?;
         positive("auth_origin.jwks_refresh", self.jwks_refresh)?;
+        positive("auth_origin.feed_idle_timeout", self.feed_idle_timeout)?;
+        positive(
+            "auth_origin.feed_unsupported_retry",
+            self.feed_unsupported_retry,
+        )?;
         Ok(AuthOriginSettings {
             url,
             timeout: self.timeout.0,
             jwks_refresh: self.jwks_refresh.0,
+            feed: FeedSettings {
+                enabled: self.feed,
+                idle_timeout: self.feed_idle_timeout.0,
+                unsupported_retry: self.feed_unsupported_retry.0,
+            },
         })
     }
 }
@@ -636,7 +672,10 @@ fn validate_sources(files: Vec<SourceFile>) -> Result<Vec<TokenSource>, ConfigEr
         }
         let source = if let Some(name) = file.header {
             let name = http::HeaderName::from_str(name.trim()).map_err(|_| {
-                ConfigError::new(format!("{key}.header"), format!("`{name}` is not a header name"))
+                ConfigError::new(
+                    format!("{key}.header"),
+                    format!("`{name}` is not a header name"),
+                )
             })?;
             TokenSource::Header {
                 name,
@@ -738,10 +777,7 @@ fn check_algorithms_fit_keys(algs: &[Algorithm], keys: &KeySource) -> Result<(),
 impl CacheFile {
     fn validate(self) -> Result<CacheSettings, ConfigError> {
         if self.max_accounts == 0 {
-            return Err(ConfigError::new(
-                "cache.max_accounts",
-                "must be at least 1",
-            ));
+            return Err(ConfigError::new("cache.max_accounts", "must be at least 1"));
         }
         positive("cache.refresh_after", self.refresh_after)?;
         positive("cache.max_stale", self.max_stale)?;
@@ -799,7 +835,10 @@ token:
         assert_eq!(s.auth_origin.timeout, Duration::from_millis(250));
         assert_eq!(s.cache.on_origin_unavailable, OnOriginUnavailable::Deny);
         assert_eq!(s.token.sources.len(), 3);
-        assert_eq!(s.server.grace_period_seconds, Some(DEFAULT_GRACE_PERIOD_SECONDS));
+        assert_eq!(
+            s.server.grace_period_seconds,
+            Some(DEFAULT_GRACE_PERIOD_SECONDS)
+        );
         assert!(s.forward.strip_token);
     }
 
@@ -872,7 +911,9 @@ token:
 
     #[test]
     fn bad_on_origin_unavailable_is_rejected() {
-        let e = error_for(&format!("{MINIMAL}cache:\n  on_origin_unavailable: maybe\n"));
+        let e = error_for(&format!(
+            "{MINIMAL}cache:\n  on_origin_unavailable: maybe\n"
+        ));
         assert_eq!(e.key, "cache.on_origin_unavailable");
     }
 }

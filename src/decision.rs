@@ -4,10 +4,16 @@
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// The token is valid and was issued after every sign-out that applies to it.
-    Allow { account: String, device: String },
+    Allow {
+        account: String,
+        device: String,
+    },
     /// The token is valid but no revocation record could be had, and the operator chose
     /// `cache.on_origin_unavailable: allow`.
-    AllowUnchecked { account: String, device: String },
+    AllowUnchecked {
+        account: String,
+        device: String,
+    },
     Reject(Reason),
 }
 
@@ -178,9 +184,10 @@ impl Reason {
         let status = self.status();
         let mut headers = Vec::new();
         match self {
-            Reason::MissingToken => {
-                headers.push(("www-authenticate", r#"Bearer realm="epochgate""#.to_string()))
-            }
+            Reason::MissingToken => headers.push((
+                "www-authenticate",
+                r#"Bearer realm="epochgate""#.to_string(),
+            )),
             _ if status == 401 => headers.push((
                 "www-authenticate",
                 format!(
@@ -210,7 +217,10 @@ mod tests {
         assert_eq!(r.status, 401);
         assert_eq!(
             r.headers,
-            vec![("www-authenticate", r#"Bearer realm="epochgate""#.to_string())]
+            vec![(
+                "www-authenticate",
+                r#"Bearer realm="epochgate""#.to_string()
+            )]
         );
     }
 

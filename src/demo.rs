@@ -54,7 +54,7 @@ token:
   issuer: "{ISSUER}"
   audience: "{AUDIENCE}"
 cache:
-  refresh_after: 1s
+  refresh_after: 30s   # the revocation feed pushes sign-outs; polling is the fallback
   max_stale: 10m
 "#,
         proxy = args.proxy_port,
@@ -125,7 +125,10 @@ fn walkthrough(args: &DemoArgs) -> Result<(), String> {
     let auth = format!("http://127.0.0.1:{}", args.auth_port);
     wait_ready(&admin)?;
     println!("\n=== epochgate demo ===");
-    println!("edge {edge}  ->  streaming origin http://127.0.0.1:{}", args.stream_port);
+    println!(
+        "edge {edge}  ->  streaming origin http://127.0.0.1:{}",
+        args.stream_port
+    );
     println!("auth origin {auth}    admin {admin}\n");
 
     step("1. Sign in on the living-room TV (the auth origin issues a device token)");
@@ -135,18 +138,23 @@ fn walkthrough(args: &DemoArgs) -> Result<(), String> {
     let token = sign_in(&signin)?;
 
     step("2. The TV plays: the edge accepts the token and forwards to the origin");
-    let play = format!(r#"curl -s -o /dev/null -w '%{{http_code}}\n' "{edge}/live/index.m3u8?token=$TOKEN""#);
+    let play = format!(
+        r#"curl -s -o /dev/null -w '%{{http_code}}\n' "{edge}/live/index.m3u8?token=$TOKEN""#
+    );
     expect_status(&play, &token, "200")?;
     let whoami = format!(r#"curl -s -H "Authorization: Bearer $TOKEN" {edge}/whoami"#);
     println!("(what the origin received: identity from the edge, no token)");
     run_with_token(&whoami, &token)?;
 
     step("3. Alice presses \"Sign out of all devices\"");
-    run_shown(&format!("curl -s -X POST {auth}/v1/accounts/alice/signout-all"))?;
+    run_shown(&format!(
+        "curl -s -X POST {auth}/v1/accounts/alice/signout-all"
+    ))?;
 
     step("4. The same token is rejected at the edge");
     let started = Instant::now();
-    let reject = format!(r#"curl -s -w ' HTTP %{{http_code}}\n' "{edge}/live/seg0.ts?token=$TOKEN""#);
+    let reject =
+        format!(r#"curl -s -w ' HTTP %{{http_code}}\n' "{edge}/live/seg0.ts?token=$TOKEN""#);
     loop {
         let out = run_with_token_quiet(&reject, &token)?;
         if out.contains("HTTP 401") {
@@ -183,7 +191,11 @@ fn sign_in(command: &str) -> Result<String, String> {
         .ok()
         .and_then(|v| v["token"].as_str().map(str::to_string))
         .ok_or_else(|| format!("sign-in returned no token: {out}"))?;
-    println!("(TOKEN is a {}-byte ES256 JWT: {}...)", token.len(), &token[..16.min(token.len())]);
+    println!(
+        "(TOKEN is a {}-byte ES256 JWT: {}...)",
+        token.len(),
+        &token[..16.min(token.len())]
+    );
     Ok(token)
 }
 
@@ -195,7 +207,14 @@ fn wait_ready(admin: &str) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let out = Command::new("curl")
-            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &format!("{admin}/readyz")])
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                &format!("{admin}/readyz"),
+            ])
             .output()
             .map_err(|e| format!("cannot run curl ({e}); install it: apt-get install -y curl"))?;
         if out.stdout == b"200" {
@@ -214,7 +233,9 @@ fn shell(command: &str, token: Option<&str>) -> Result<String, String> {
     if let Some(token) = token {
         cmd.env("TOKEN", token);
     }
-    let out = cmd.output().map_err(|e| format!("cannot run `{command}`: {e}"))?;
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot run `{command}`: {e}"))?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 

@@ -22,6 +22,8 @@ const REFRESH_RETRY: Duration = Duration::from_secs(1);
 pub struct CachedRecord {
     pub record: RevocationRecord,
     confirmed_at: Instant,
+    /// `confirmed_at` on the [`crate::monotonic_millis`] clock, to compare with feed state.
+    confirmed_at_ms: u64,
     /// Set while a background refresh of this entry is running or waiting to retry.
     refresh_claimed: AtomicBool,
     last_attempt_ms: AtomicU64,
@@ -32,6 +34,7 @@ impl CachedRecord {
         CachedRecord {
             record,
             confirmed_at: Instant::now(),
+            confirmed_at_ms: crate::monotonic_millis(),
             refresh_claimed: AtomicBool::new(false),
             last_attempt_ms: AtomicU64::new(0),
         }
@@ -60,7 +63,50 @@ pub struct EpochCache {
     inner: Arc<Inner>,
 }
 
+/// What the revocation feed vouches for. While the feed is connected, a record confirmed
+/// after `covered_since` cannot have missed a sign-out, so it needs no periodic refresh.
+#[derive(Debug, Default)]
+pub struct FeedCoverage {
+    connected: AtomicBool,
+    covered_since_ms: AtomicU64,
+    /// Records confirmed before this (a feed `reset`) are due for refresh whatever their age.
+    due_before_ms: AtomicU64,
+}
+
+impl FeedCoverage {
+    /// The feed connected; `resumed` when it picked up where the last connection left off
+    /// (no gap), so records confirmed earlier stay covered.
+    pub fn connected(&self, resumed: bool) {
+        if !resumed {
+            self.covered_since_ms
+                .store(crate::monotonic_millis(), Ordering::Release);
+        }
+        self.connected.store(true, Ordering::Release);
+    }
+
+    pub fn disconnected(&self) {
+        self.connected.store(false, Ordering::Release);
+    }
+
+    /// The origin could not replay what we missed: nothing cached so far is vouched for.
+    pub fn reset(&self) {
+        let now = crate::monotonic_millis();
+        self.covered_since_ms.store(now, Ordering::Release);
+        self.due_before_ms.store(now, Ordering::Release);
+    }
+
+    fn covers(&self, entry: &CachedRecord) -> bool {
+        self.connected.load(Ordering::Acquire)
+            && entry.confirmed_at_ms >= self.covered_since_ms.load(Ordering::Acquire)
+    }
+
+    fn due(&self, entry: &CachedRecord) -> bool {
+        entry.confirmed_at_ms < self.due_before_ms.load(Ordering::Acquire)
+    }
+}
+
 struct Inner {
+    coverage: Arc<FeedCoverage>,
     cache: moka::future::Cache<String, Arc<CachedRecord>>,
     /// Fetches under way, one per account. moka's own `try_get_with` only coalesces loads of
     /// absent keys; refreshes of present-but-old entries need the same, so one map serves both.
@@ -77,6 +123,7 @@ impl EpochCache {
             .build();
         EpochCache {
             inner: Arc::new(Inner {
+                coverage: Arc::new(FeedCoverage::default()),
                 cache,
                 in_flight: Mutex::new(HashMap::new()),
                 origin,
@@ -95,7 +142,14 @@ impl EpochCache {
         let inner = &self.inner;
         if let Some(entry) = inner.cache.get(account).await {
             let age = entry.age();
-            if age < inner.settings.refresh_after {
+            // With the feed vouching for it, a record stays fresh until max_stale (a safety
+            // net against a feed that pings but no longer publishes).
+            let fresh_for = if inner.coverage.covers(&entry) {
+                inner.settings.max_stale
+            } else {
+                inner.settings.refresh_after
+            };
+            if age < fresh_for && !inner.coverage.due(&entry) {
                 inner.metrics.count_lookup(CacheResult::Hit);
                 return Lookup::Fresh(entry);
             }
@@ -110,6 +164,26 @@ impl EpochCache {
             Ok(entry) => Lookup::Fresh(entry),
             Err(_) => Lookup::Unavailable,
         }
+    }
+
+    /// The feed's view of this cache.
+    pub fn coverage(&self) -> &Arc<FeedCoverage> {
+        &self.inner.coverage
+    }
+
+    /// Applies a record pushed by the feed. Accounts neither cached nor being fetched are
+    /// ignored: memory stays bounded by the accounts this edge serves, and such an account
+    /// is fetched fresh on its first request anyway. Returns whether it was applied.
+    pub async fn apply_pushed(&self, account: &str, record: RevocationRecord) -> bool {
+        let fetching = match self.inner.in_flight.lock() {
+            Ok(map) => map.contains_key(account),
+            Err(poisoned) => poisoned.into_inner().contains_key(account),
+        };
+        if !fetching && !self.inner.cache.contains_key(account) {
+            return false;
+        }
+        Inner::merge(&self.inner, account, record).await;
+        true
     }
 
     /// Merges a record into the cache (max of old and new), marking it confirmed now.
@@ -173,7 +247,11 @@ impl EpochCache {
 }
 
 impl Inner {
-    async fn merge(inner: &Arc<Inner>, account: &str, record: RevocationRecord) -> Arc<CachedRecord> {
+    async fn merge(
+        inner: &Arc<Inner>,
+        account: &str,
+        record: RevocationRecord,
+    ) -> Arc<CachedRecord> {
         let entry = inner
             .cache
             .entry_by_ref(account)

@@ -8,11 +8,12 @@ use http::{HeaderMap, Uri};
 use crate::config::{OnOriginUnavailable, Settings, TokenSource};
 use crate::decision::{Decision, InvalidToken, Reason};
 use crate::epoch_cache::{EpochCache, Lookup};
+use crate::feed::FeedStatus;
 use crate::keys::KeyStore;
 use crate::metrics::Metrics;
 use crate::origin::{OriginClient, OriginError};
 use crate::revocation::Standing;
-use crate::token_source::{self, Found};
+use crate::token_source::{self, Found, Unusable};
 use crate::verify::{Verifier, VerifyError};
 
 /// Why a gate could not be built.
@@ -32,6 +33,7 @@ pub struct Gate {
     on_origin_unavailable: OnOriginUnavailable,
     metrics: Arc<Metrics>,
     origin: Arc<OriginClient>,
+    feed_status: Arc<FeedStatus>,
 }
 
 /// A decision and the token source it was made from (for stripping the token later).
@@ -53,12 +55,10 @@ impl Gate {
                 &settings.token.algorithms,
                 metrics.jwks_keys.clone(),
             ),
-            other => KeyStore::new_static(
-                other,
-                &settings.token.algorithms,
-                metrics.jwks_keys.clone(),
-            )
-            .map_err(GateError::Keys)?,
+            other => {
+                KeyStore::new_static(other, &settings.token.algorithms, metrics.jwks_keys.clone())
+                    .map_err(GateError::Keys)?
+            }
         };
         let verifier = Verifier::new(&settings.token, Arc::new(keys));
         let cache = EpochCache::new(settings.cache.clone(), origin.clone(), metrics.clone());
@@ -69,7 +69,13 @@ impl Gate {
             on_origin_unavailable: settings.cache.on_origin_unavailable,
             metrics,
             origin,
+            feed_status: Arc::new(FeedStatus::new(settings.auth_origin.feed.enabled)),
         })
+    }
+
+    /// The revocation feed's state (driven by [`crate::feed::FeedService`]).
+    pub fn feed_status(&self) -> &Arc<FeedStatus> {
+        &self.feed_status
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -99,8 +105,11 @@ impl Gate {
                 decision: Decision::Reject(Reason::MissingToken),
                 token_source: None,
             },
-            Some(Found::Unusable { source }) => Verdict {
-                decision: Decision::Reject(Reason::InvalidToken(InvalidToken::TooLong)),
+            Some(Found::Unusable { source, why }) => Verdict {
+                decision: Decision::Reject(Reason::InvalidToken(match why {
+                    Unusable::TooLong => InvalidToken::TooLong,
+                    Unusable::Malformed => InvalidToken::Malformed,
+                })),
                 token_source: Some(source),
             },
             Some(Found::Token { token, source }) => Verdict {
@@ -132,7 +141,10 @@ impl Gate {
                 }
             }
         };
-        match record.record.standing(&verified.device, verified.session_time) {
+        match record
+            .record
+            .standing(&verified.device, verified.session_time)
+        {
             Standing::Valid => Decision::Allow {
                 account: verified.account,
                 device: verified.device,

@@ -144,7 +144,12 @@ fn key_from_jwk(entry: &serde_json::Value, allowed: &[Algorithm]) -> Option<Key>
         }
         _ => return None,
     };
-    let pinned = jwk.common.key_algorithm.and_then(jwk_alg_to_algorithm);
+    // An `alg` that is not a signature algorithm we know (RSA-OAEP, HS256, ...) means the
+    // key is not meant for verifying our tokens: skip it rather than ignore the pin.
+    let pinned = match jwk.common.key_algorithm {
+        Some(alg) => Some(jwk_alg_to_algorithm(alg)?),
+        None => None,
+    };
     let algorithms: Vec<Algorithm> = by_type
         .into_iter()
         .filter(|a| allowed.contains(a) && pinned.is_none_or(|p| p == *a))

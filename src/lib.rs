@@ -15,6 +15,7 @@ pub mod config;
 pub mod decision;
 pub mod demo;
 pub mod epoch_cache;
+pub mod feed;
 pub mod gate;
 pub mod keys;
 pub mod metrics;
@@ -29,6 +30,16 @@ pub mod verify;
 pub use config::Settings;
 pub use decision::{Decision, Reason};
 pub use gate::Gate;
+
+/// Milliseconds on a monotonic clock that starts near process start (never 0 after it).
+pub fn monotonic_millis() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+        + 1
+}
 
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
 pub fn unix_millis() -> u64 {

@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use epochgate::config::Settings;
 
 #[derive(Parser, Debug)]
-#[command(name = "epochgate", version, about = "Edge enforcement of \"sign out of all devices\"")]
+#[command(
+    name = "epochgate",
+    version,
+    about = "Edge enforcement of \"sign out of all devices\""
+)]
 struct Cli {
     /// The YAML configuration file.
     #[arg(short = 'c', long = "conf", value_name = "FILE")]

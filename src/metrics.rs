@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Opts, Registry, TextEncoder,
 };
 
 use crate::decision::DecisionLabel;
@@ -14,6 +14,8 @@ use crate::decision::DecisionLabel;
 pub enum Endpoint {
     Revocations,
     Jwks,
+    /// Opening the revocation feed.
+    Feed,
 }
 
 impl Endpoint {
@@ -21,6 +23,7 @@ impl Endpoint {
         match self {
             Endpoint::Revocations => "revocations",
             Endpoint::Jwks => "jwks",
+            Endpoint::Feed => "feed",
         }
     }
 }
@@ -35,7 +38,12 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    const ALL: [Outcome; 4] = [Outcome::Ok, Outcome::NotFound, Outcome::Error, Outcome::Timeout];
+    const ALL: [Outcome; 4] = [
+        Outcome::Ok,
+        Outcome::NotFound,
+        Outcome::Error,
+        Outcome::Timeout,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
@@ -55,6 +63,14 @@ pub enum CacheResult {
     Stale,
 }
 
+/// What the revocation feed delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeedEvent {
+    Revocation,
+    Reset,
+    Malformed,
+}
+
 /// Every metric the gate exports.
 pub struct Metrics {
     registry: Registry,
@@ -63,9 +79,14 @@ pub struct Metrics {
     cache_miss: IntCounter,
     cache_stale: IntCounter,
     origin_requests: Vec<((Endpoint, Outcome), IntCounter)>,
-    origin_duration: [Histogram; 2],
+    origin_duration: [Histogram; 3],
     pub cache_entries: IntGauge,
     pub jwks_keys: IntGauge,
+    pub feed_connected: IntGauge,
+    feed_events: [IntCounter; 3],
+    pub feed_reconnects: IntCounter,
+    pub feed_last_activity_age: Gauge,
+    feed_lag: Histogram,
 }
 
 impl Metrics {
@@ -111,11 +132,41 @@ impl Metrics {
             "Accounts held in the revocation-epoch cache.",
         )
         .expect("static metric definition");
-        let jwks_keys = IntGauge::new(
-            "epochgate_jwks_keys",
-            "Verification keys currently loaded.",
+        let feed_connected = IntGauge::new(
+            "epochgate_feed_connected",
+            "1 while the revocation feed is connected.",
         )
         .expect("static metric definition");
+        let feed_events = IntCounterVec::new(
+            Opts::new(
+                "epochgate_feed_events_total",
+                "Revocation-feed events, by event (revocation, reset, malformed).",
+            ),
+            &["event"],
+        )
+        .expect("static metric definition");
+        let feed_reconnects = IntCounter::new(
+            "epochgate_feed_reconnects_total",
+            "Times the revocation feed was connected again after the first attempt.",
+        )
+        .expect("static metric definition");
+        let feed_last_activity_age = Gauge::new(
+            "epochgate_feed_last_event_age_seconds",
+            "Seconds since the revocation feed last delivered an event or a ping.",
+        )
+        .expect("static metric definition");
+        let feed_lag = Histogram::with_opts(
+            HistogramOpts::new(
+                "epochgate_feed_propagation_seconds",
+                "From the origin recording a change (changed_at_ms) to the edge applying it.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+            ]),
+        )
+        .expect("static metric definition");
+        let jwks_keys = IntGauge::new("epochgate_jwks_keys", "Verification keys currently loaded.")
+            .expect("static metric definition");
 
         for collector in [
             Box::new(requests_vec.clone()) as Box<dyn prometheus::core::Collector>,
@@ -124,6 +175,11 @@ impl Metrics {
             Box::new(duration_vec.clone()),
             Box::new(cache_entries.clone()),
             Box::new(jwks_keys.clone()),
+            Box::new(feed_connected.clone()),
+            Box::new(feed_events.clone()),
+            Box::new(feed_reconnects.clone()),
+            Box::new(feed_last_activity_age.clone()),
+            Box::new(feed_lag.clone()),
         ] {
             registry
                 .register(collector)
@@ -136,7 +192,7 @@ impl Metrics {
             .map(|d| (*d, requests_vec.with_label_values(&[d.as_str()])))
             .collect();
         let mut origin_requests = Vec::new();
-        for endpoint in [Endpoint::Revocations, Endpoint::Jwks] {
+        for endpoint in [Endpoint::Revocations, Endpoint::Jwks, Endpoint::Feed] {
             for outcome in Outcome::ALL {
                 origin_requests.push((
                     (endpoint, outcome),
@@ -151,7 +207,17 @@ impl Metrics {
             origin_duration: [
                 duration_vec.with_label_values(&[Endpoint::Revocations.label()]),
                 duration_vec.with_label_values(&[Endpoint::Jwks.label()]),
+                duration_vec.with_label_values(&[Endpoint::Feed.label()]),
             ],
+            feed_events: [
+                feed_events.with_label_values(&["revocation"]),
+                feed_events.with_label_values(&["reset"]),
+                feed_events.with_label_values(&["malformed"]),
+            ],
+            feed_connected,
+            feed_reconnects,
+            feed_last_activity_age,
+            feed_lag,
             registry,
             requests,
             origin_requests,
@@ -190,8 +256,22 @@ impl Metrics {
         let histogram = match endpoint {
             Endpoint::Revocations => &self.origin_duration[0],
             Endpoint::Jwks => &self.origin_duration[1],
+            Endpoint::Feed => &self.origin_duration[2],
         };
         histogram.observe(took.as_secs_f64());
+    }
+
+    pub fn count_feed_event(&self, event: FeedEvent) {
+        let index = match event {
+            FeedEvent::Revocation => 0,
+            FeedEvent::Reset => 1,
+            FeedEvent::Malformed => 2,
+        };
+        self.feed_events[index].inc();
+    }
+
+    pub fn observe_feed_lag(&self, lag: Duration) {
+        self.feed_lag.observe(lag.as_secs_f64());
     }
 
     /// The Prometheus text exposition of this gate's metrics.

@@ -56,6 +56,14 @@ struct RecordBody {
     devices: std::collections::HashMap<String, u64>,
 }
 
+/// The answer to opening the revocation feed.
+pub enum FeedOpen {
+    /// 200: read events from this response's body.
+    Stream(reqwest::Response),
+    /// 404: the origin offers no feed.
+    NotOffered,
+}
+
 /// Client for one auth origin.
 pub struct OriginClient {
     http: reqwest::Client,
@@ -141,6 +149,37 @@ impl OriginClient {
             self.jwks_log
                 .warn(format_args!("auth origin JWKS fetch failed: {e}"));
         }
+        result
+    }
+
+    /// `GET /v1/revocation-feed`, resuming after `last_event_id`. Only the response head is
+    /// under the timeout: the body is a stream that lives as long as the connection.
+    pub async fn open_feed(&self, last_event_id: Option<&str>) -> Result<FeedOpen, OriginError> {
+        let started = Instant::now();
+        let mut request = self
+            .http
+            .get(format!("{}/v1/revocation-feed", self.base))
+            .header("accept", "text/event-stream")
+            .header("cache-control", "no-cache");
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id);
+        }
+        let result = match tokio::time::timeout(self.timeout, request.send()).await {
+            Err(_) => Err(OriginError::Timeout(self.timeout)),
+            Ok(Err(e)) => Err(OriginError::Transport(e.without_url().to_string())),
+            Ok(Ok(response)) => match response.status().as_u16() {
+                200 => Ok(FeedOpen::Stream(response)),
+                404 => Ok(FeedOpen::NotOffered),
+                other => Err(OriginError::Status(other)),
+            },
+        };
+        let outcome = match &result {
+            Ok(FeedOpen::Stream(_)) => Outcome::Ok,
+            Ok(FeedOpen::NotOffered) => Outcome::NotFound,
+            Err(e) => e.outcome(),
+        };
+        self.metrics
+            .count_origin_request(Endpoint::Feed, outcome, started.elapsed());
         result
     }
 

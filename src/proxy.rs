@@ -143,7 +143,11 @@ impl ProxyHttp for EpochGateProxy {
         RequestContext::default()
     }
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestContext) -> Result<bool> {
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestContext,
+    ) -> Result<bool> {
         match gate_request(&self.gate, session).await? {
             Some(verdict) => {
                 ctx.verdict = Some(verdict);

@@ -13,6 +13,7 @@ use pingora::services::listening::Service;
 
 use crate::admin::{AdminApp, Readiness};
 use crate::config::Settings;
+use crate::feed::FeedService;
 use crate::gate::{Gate, GateError};
 use crate::proxy::EpochGateProxy;
 
@@ -57,8 +58,11 @@ pub fn build(settings: Settings, opt: Opt) -> Result<EdgeServer, StartError> {
     server.bootstrap();
 
     let proxy = EpochGateProxy::new(gate.clone(), &settings.proxy, settings.forward.clone());
-    let mut proxy_service =
-        pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "epochgate proxy");
+    let mut proxy_service = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        proxy,
+        "epochgate proxy",
+    );
     for addr in &settings.proxy.listen {
         proxy_service.add_tcp(&addr.to_string());
     }
@@ -83,6 +87,14 @@ pub fn build(settings: Settings, opt: Opt) -> Result<EdgeServer, StartError> {
     server.add_service(proxy_service);
     server.add_service(admin_service);
     server.add_service(keys_service);
+    if settings.auth_origin.feed.enabled {
+        let mut feed = background_service(
+            "epochgate revocation feed",
+            FeedService::new(gate.clone(), settings.auth_origin.feed.clone()),
+        );
+        feed.threads = Some(1);
+        server.add_service(feed);
+    }
     server.add_service(watchdog);
     Ok(EdgeServer { server, gate })
 }

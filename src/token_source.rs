@@ -12,8 +12,16 @@ pub const MAX_TOKEN_BYTES: usize = 8192;
 pub enum Found {
     /// A token, and the index of the source it came from.
     Token { token: String, source: usize },
-    /// The source had a value but it cannot be a token (not UTF-8, too long, empty).
-    Unusable { source: usize },
+    /// The source had a value but it cannot be a token.
+    Unusable { source: usize, why: Unusable },
+}
+
+/// Why a value found in a source cannot be a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unusable {
+    TooLong,
+    /// Empty, or not text.
+    Malformed,
 }
 
 /// Tries each configured source in order; the first one that has a value wins.
@@ -24,17 +32,20 @@ pub fn find_token(sources: &[TokenSource], headers: &HeaderMap, uri: &Uri) -> Op
             TokenSource::Query { name } => query_value(uri, name),
             TokenSource::Cookie { name } => cookie_value(headers, name),
         }?;
+        let unusable = |why| Found::Unusable { source: index, why };
         Some(match raw {
-            Some(token) if !token.is_empty() && token.len() <= MAX_TOKEN_BYTES => Found::Token {
+            None => unusable(Unusable::TooLong),
+            Some(token) if token.len() > MAX_TOKEN_BYTES => unusable(Unusable::TooLong),
+            Some(token) if token.is_empty() => unusable(Unusable::Malformed),
+            Some(token) => Found::Token {
                 token,
                 source: index,
             },
-            _ => Found::Unusable { source: index },
         })
     })
 }
 
-/// `None`: the source has no value. `Some(None)`: it has one that is not text.
+/// `None`: the source has no value. `Some(None)`: it has one too long to look at.
 fn header_value(
     headers: &HeaderMap,
     name: &http::HeaderName,
@@ -44,10 +55,8 @@ fn header_value(
     if value.len() > MAX_TOKEN_BYTES + prefix.map_or(0, str::len) + 64 {
         return Some(None);
     }
-    let Ok(text) = value.to_str() else {
-        return Some(None);
-    };
-    let text = text.trim();
+    // Not visible ASCII: cannot be a JWT; an empty value says so downstream as malformed.
+    let text = value.to_str().map(str::trim).unwrap_or("");
     match prefix {
         None => Some(Some(text.to_string())),
         Some(prefix) => {
@@ -167,7 +176,10 @@ mod tests {
 
     #[test]
     fn bearer_prefix_is_case_insensitive_and_tolerates_spaces() {
-        assert_eq!(find(&[("authorization", "bEaReR   abc ")], "/"), token("abc", 0));
+        assert_eq!(
+            find(&[("authorization", "bEaReR   abc ")], "/"),
+            token("abc", 0)
+        );
     }
 
     #[test]
@@ -213,7 +225,21 @@ mod tests {
         let long = "a".repeat(MAX_TOKEN_BYTES + 1);
         assert_eq!(
             find(&[], &format!("/?token={long}")),
-            Some(Found::Unusable { source: 1 })
+            Some(Found::Unusable {
+                source: 1,
+                why: Unusable::TooLong
+            })
+        );
+    }
+
+    #[test]
+    fn empty_query_token_is_malformed() {
+        assert_eq!(
+            find(&[], "/?token="),
+            Some(Found::Unusable {
+                source: 1,
+                why: Unusable::Malformed
+            })
         );
     }
 
@@ -225,7 +251,10 @@ mod tests {
             Some("/seg/1.ts?a=1&b=%20")
         );
         let only: Uri = "/x?token=t".parse().unwrap();
-        assert_eq!(uri_without_query_param(&only, "token").as_deref(), Some("/x"));
+        assert_eq!(
+            uri_without_query_param(&only, "token").as_deref(),
+            Some("/x")
+        );
         let none: Uri = "/x?a=b".parse().unwrap();
         assert_eq!(uri_without_query_param(&none, "token"), None);
     }
@@ -236,6 +265,9 @@ mod tests {
             cookie_header_without("a=1; device_token=t; b=2", "device_token").as_deref(),
             Some("a=1; b=2")
         );
-        assert_eq!(cookie_header_without("device_token=t", "device_token"), None);
+        assert_eq!(
+            cookie_header_without("device_token=t", "device_token"),
+            None
+        );
     }
 }

@@ -56,15 +56,23 @@ impl Verifier {
                 v.leeway = settings.leeway.as_secs();
                 v.validate_exp = true;
                 v.validate_nbf = true;
-                v.set_required_spec_claims(&["exp"]);
+                // A configured issuer or audience is required, not just checked when present.
+                let mut required = vec!["exp"];
                 match &settings.issuer {
-                    Some(iss) => v.set_issuer(&[iss]),
+                    Some(iss) => {
+                        v.set_issuer(&[iss]);
+                        required.push("iss");
+                    }
                     None => v.iss = None,
                 }
                 match &settings.audience {
-                    Some(aud) => v.set_audience(&[aud]),
+                    Some(aud) => {
+                        v.set_audience(&[aud]);
+                        required.push("aud");
+                    }
                     None => v.validate_aud = false,
                 }
+                v.set_required_spec_claims(&required);
                 (*alg, v)
             })
             .collect();
@@ -156,7 +164,11 @@ fn time_claim(claims: &HashMap<String, Value>, name: &str) -> Result<u64, Invali
         None | Some(Value::Null) => Err(InvalidToken::MissingClaim),
         Some(Value::Number(n)) => n
             .as_u64()
-            .or_else(|| n.as_f64().filter(|f| f.is_finite() && *f >= 0.0).map(|f| f as u64))
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.is_finite() && *f >= 0.0)
+                    .map(|f| f as u64)
+            })
             .ok_or(InvalidToken::BadClaim),
         Some(_) => Err(InvalidToken::BadClaim),
     }

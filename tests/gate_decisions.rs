@@ -13,11 +13,22 @@ async fn valid_token_is_forwarded_with_identity_headers() {
     let upstream = Upstream::start().await;
     let edge = Edge::start(&origin, &upstream).await;
 
-    let echo = echoed(edge.get_with_token("/live/index.m3u8", &origin.token("alice", "tv")).await).await;
+    let echo = echoed(
+        edge.get_with_token("/live/index.m3u8", &origin.token("alice", "tv"))
+            .await,
+    )
+    .await;
     assert_eq!(echo["headers"]["x-epochgate-account"], json!(["alice"]));
     assert_eq!(echo["headers"]["x-epochgate-device"], json!(["tv"]));
-    assert!(echo["headers"].get("authorization").is_none(), "token must be stripped");
-    assert_eq!(edge.metric(r#"epochgate_requests_total{decision="allowed"}"#).await, 1.0);
+    assert!(
+        echo["headers"].get("authorization").is_none(),
+        "token must be stripped"
+    );
+    assert_eq!(
+        edge.metric(r#"epochgate_requests_total{decision="allowed"}"#)
+            .await,
+        1.0
+    );
 }
 
 #[tokio::test]
@@ -34,7 +45,10 @@ async fn missing_token_is_401_without_error_attribute() {
     let body = rejection(response, 401).await;
     assert_eq!(body["error"], "missing_token");
     assert!(body["message"].is_string());
-    assert_eq!(upstream.requests.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(
+        upstream.requests.load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
 }
 
 #[tokio::test]
@@ -60,9 +74,18 @@ async fn signed_out_device_is_rejected() {
     origin.set_record("alice", now() - 10, &[]);
     let edge = Edge::start(&origin, &upstream).await;
 
-    let response = edge.get_with_token("/seg1.ts", &origin.token_at("alice", "tv", now() - 100)).await;
-    let challenge = response.headers()["www-authenticate"].to_str().unwrap().to_string();
-    assert!(challenge.starts_with(r#"Bearer realm="epochgate", error="invalid_token", error_description=""#), "{challenge}");
+    let response = edge
+        .get_with_token("/seg1.ts", &origin.token_at("alice", "tv", now() - 100))
+        .await;
+    let challenge = response.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        challenge
+            .starts_with(r#"Bearer realm="epochgate", error="invalid_token", error_description=""#),
+        "{challenge}"
+    );
     assert_eq!(rejection(response, 401).await["error"], "signed_out");
 }
 
@@ -74,8 +97,14 @@ async fn token_issued_after_the_epoch_is_allowed() {
     origin.set_record("alice", epoch, &[]);
     let edge = Edge::start(&origin, &upstream).await;
 
-    let response = edge.get_with_token("/", &origin.token_at("alice", "tv", epoch)).await;
-    assert_eq!(response.status(), 200, "a token issued in the epoch's second is valid");
+    let response = edge
+        .get_with_token("/", &origin.token_at("alice", "tv", epoch))
+        .await;
+    assert_eq!(
+        response.status(),
+        200,
+        "a token issued in the epoch's second is valid"
+    );
 }
 
 #[tokio::test]
@@ -86,9 +115,13 @@ async fn device_sign_out_leaves_other_devices_working() {
     let edge = Edge::start(&origin, &upstream).await;
 
     let iat = now() - 100;
-    let tv = edge.get_with_token("/", &origin.token_at("alice", "tv", iat)).await;
+    let tv = edge
+        .get_with_token("/", &origin.token_at("alice", "tv", iat))
+        .await;
     assert_eq!(rejection(tv, 401).await["error"], "device_signed_out");
-    let phone = edge.get_with_token("/", &origin.token_at("alice", "phone", iat)).await;
+    let phone = edge
+        .get_with_token("/", &origin.token_at("alice", "phone", iat))
+        .await;
     assert_eq!(phone.status(), 200);
 }
 
@@ -99,7 +132,9 @@ async fn query_parameter_token_is_accepted_and_stripped() {
     let edge = Edge::start(&origin, &upstream).await;
 
     let token = origin.token("alice", "tv");
-    let response = edge.get(&format!("/live/seg3.ts?a=1&token={token}&b=2")).await;
+    let response = edge
+        .get(&format!("/live/seg3.ts?a=1&token={token}&b=2"))
+        .await;
     let echo = echoed(response).await;
     assert_eq!(echo["uri"], "/live/seg3.ts?a=1&b=2");
     assert_eq!(echo["headers"]["x-epochgate-account"], json!(["alice"]));
@@ -115,7 +150,10 @@ async fn cookie_token_is_accepted_and_only_that_cookie_stripped() {
     let response = edge
         .client
         .get(edge.url("/"))
-        .header("cookie", format!("theme=dark; device_token={token}; lang=en"))
+        .header(
+            "cookie",
+            format!("theme=dark; device_token={token}; lang=en"),
+        )
         .send()
         .await
         .unwrap();
@@ -128,11 +166,20 @@ async fn cookie_token_is_accepted_and_only_that_cookie_stripped() {
 async fn strip_token_off_forwards_the_token() {
     let origin = TestOrigin::start().await;
     let upstream = Upstream::start().await;
-    let edge = Edge::start_with(&origin.url(), upstream.addr, DEFAULT_CACHE, "forward:\n  strip_token: false\n").await;
+    let edge = Edge::start_with(
+        &origin.url(),
+        upstream.addr,
+        DEFAULT_CACHE,
+        "forward:\n  strip_token: false\n",
+    )
+    .await;
 
     let token = origin.token("alice", "tv");
     let echo = echoed(edge.get_with_token("/", &token).await).await;
-    assert_eq!(echo["headers"]["authorization"], json!([format!("Bearer {token}")]));
+    assert_eq!(
+        echo["headers"]["authorization"],
+        json!([format!("Bearer {token}")])
+    );
 }
 
 #[tokio::test]
@@ -158,8 +205,14 @@ async fn spoofed_identity_headers_never_reach_the_upstream() {
 
 async fn expect_invalid(edge: &Edge, token: &str) {
     let response = edge.get_with_token("/", token).await;
-    let challenge = response.headers()["www-authenticate"].to_str().unwrap().to_string();
-    assert!(challenge.contains(r#"error="invalid_token""#), "{challenge}");
+    let challenge = response.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        challenge.contains(r#"error="invalid_token""#),
+        "{challenge}"
+    );
     assert_eq!(rejection(response, 401).await["error"], "invalid_token");
 }
 
@@ -199,7 +252,11 @@ async fn tampered_token_is_invalid() {
     let mallory = origin.token("mallory", "tv");
     let alice_parts: Vec<&str> = alice.split('.').collect();
     let mallory_payload = mallory.split('.').nth(1).unwrap();
-    expect_invalid(&edge, &format!("{}.{mallory_payload}.{}", alice_parts[0], alice_parts[2])).await;
+    expect_invalid(
+        &edge,
+        &format!("{}.{mallory_payload}.{}", alice_parts[0], alice_parts[2]),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -225,7 +282,12 @@ async fn hs256_signed_with_the_public_key_is_invalid() {
     let public_jwk = origin.key.jwk().to_string();
     let mut header = Header::new(Algorithm::HS256);
     header.kid = Some("test-es256".into());
-    let forged = jsonwebtoken::encode(&header, &claims("alice", "tv", now()), &EncodingKey::from_secret(public_jwk.as_bytes())).unwrap();
+    let forged = jsonwebtoken::encode(
+        &header,
+        &claims("alice", "tv", now()),
+        &EncodingKey::from_secret(public_jwk.as_bytes()),
+    )
+    .unwrap();
     expect_invalid(&edge, &forged).await;
 }
 
@@ -237,7 +299,9 @@ async fn forged_tokens_cause_no_origin_requests() {
 
     let forger = epochgate::reference::signing::SigningKey::generate_es256("test-es256").unwrap();
     for i in 0..50 {
-        let forged = forger.sign(&claims(&format!("victim-{i}"), "tv", now())).unwrap();
+        let forged = forger
+            .sign(&claims(&format!("victim-{i}"), "tv", now()))
+            .unwrap();
         expect_invalid(&edge, &forged).await;
     }
     assert_eq!(origin.revocation_requests(), 0);
@@ -278,13 +342,22 @@ async fn rs256_and_eddsa_tokens_from_the_jwks_are_accepted() {
     )
     .unwrap();
     let ed = epochgate::reference::signing::SigningKey::generate_ed25519("test-ed25519").unwrap();
-    origin.set_jwks(vec![origin.key.jwk().clone(), rsa.jwk().clone(), ed.jwk().clone()]);
+    origin.set_jwks(vec![
+        origin.key.jwk().clone(),
+        rsa.jwk().clone(),
+        ed.jwk().clone(),
+    ]);
     let upstream = Upstream::start().await;
     let edge = Edge::start(&origin, &upstream).await;
 
     for key in [&rsa, &ed] {
         let token = key.sign(&claims("alice", "tv", now())).unwrap();
-        assert_eq!(edge.get_with_token("/", &token).await.status(), 200, "{:?}", key.alg);
+        assert_eq!(
+            edge.get_with_token("/", &token).await.status(),
+            200,
+            "{:?}",
+            key.alg
+        );
     }
 }
 
@@ -295,14 +368,24 @@ async fn rejection_keeps_the_connection_alive() {
     let edge = Edge::start(&origin, &upstream).await;
 
     // One client, one pooled connection: three answers in a row on it.
-    let client = reqwest::Client::builder().pool_max_idle_per_host(1).build().unwrap();
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .build()
+        .unwrap();
     for _ in 0..3 {
         let r = client.get(edge.url("/")).send().await.unwrap();
         assert_eq!(r.status(), 401);
-        assert_ne!(r.headers().get("connection").and_then(|v| v.to_str().ok()), Some("close"));
+        assert_ne!(
+            r.headers().get("connection").and_then(|v| v.to_str().ok()),
+            Some("close")
+        );
         let _ = r.bytes().await;
     }
-    assert!(!edge.log().contains("ERROR"), "a rejection is not an error:\n{}", edge.log());
+    assert!(
+        !edge.log().contains("ERROR"),
+        "a rejection is not an error:\n{}",
+        edge.log()
+    );
 }
 
 #[tokio::test]

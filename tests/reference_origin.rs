@@ -19,8 +19,16 @@ impl Reference {
         let origin = AuthOrigin::new(ISSUER, AUDIENCE).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(epochgate::reference::serve(listener, origin.router(), std::future::pending()));
-        Reference { origin, url, client: reqwest::Client::new() }
+        tokio::spawn(epochgate::reference::serve(
+            listener,
+            origin.router(),
+            std::future::pending(),
+        ));
+        Reference {
+            origin,
+            url,
+            client: reqwest::Client::new(),
+        }
     }
 
     async fn post(&self, path: &str, body: Option<serde_json::Value>) -> serde_json::Value {
@@ -35,7 +43,10 @@ impl Reference {
 
     async fn sign_in(&self, account: &str, device: &str) -> String {
         let body = self
-            .post("/v1/signin", Some(serde_json::json!({"account_id": account, "device_id": device})))
+            .post(
+                "/v1/signin",
+                Some(serde_json::json!({"account_id": account, "device_id": device})),
+            )
             .await;
         body["token"].as_str().unwrap().to_string()
     }
@@ -44,10 +55,33 @@ impl Reference {
 const FAST_REFRESH: &str = "  refresh_after: 1s\n  max_stale: 10m\n";
 
 async fn until_status(edge: &Edge, token: &str, status: u16) {
-    eventually(Duration::from_secs(10), &format!("HTTP {status}"), || async move {
-        (edge.get_with_token("/", token).await.status() == status).then_some(())
-    })
+    eventually(
+        Duration::from_secs(10),
+        &format!("HTTP {status}"),
+        || async move { (edge.get_with_token("/", token).await.status() == status).then_some(()) },
+    )
     .await;
+}
+
+#[tokio::test]
+async fn sign_out_reaches_the_edge_by_the_reference_feed() {
+    let reference = Reference::start().await;
+    let upstream = Upstream::start().await;
+    let edge = Edge::start_with(&reference.url, upstream.addr, DEFAULT_CACHE, "").await;
+    edge.wait_feed("connected").await;
+
+    let tv = reference.sign_in("alice", "tv").await;
+    assert_eq!(edge.get_with_token("/", &tv).await.status(), 200);
+    reference.post("/v1/accounts/alice/signout-all", None).await;
+    until_status(&edge, &tv, 401).await;
+    assert_eq!(
+        reference
+            .origin
+            .revocation_requests
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "only the first lookup; the sign-out came by the feed"
+    );
 }
 
 #[tokio::test]
@@ -78,7 +112,9 @@ async fn device_sign_out_keeps_the_other_devices() {
     let tv = reference.sign_in("alice", "tv").await;
     let phone = reference.sign_in("alice", "phone").await;
     assert_eq!(edge.get_with_token("/", &tv).await.status(), 200);
-    reference.post("/v1/accounts/alice/devices/tv/signout", None).await;
+    reference
+        .post("/v1/accounts/alice/devices/tv/signout", None)
+        .await;
     until_status(&edge, &tv, 401).await;
     let body = rejection(edge.get_with_token("/", &tv).await, 401).await;
     assert_eq!(body["error"], "device_signed_out");
@@ -91,16 +127,36 @@ async fn device_sign_out_keeps_the_other_devices() {
 async fn account_ids_are_percent_encoded_on_the_way_to_the_origin() {
     let reference = Reference::start().await;
     let upstream = Upstream::start().await;
-    let edge = Edge::start_with(&reference.url, upstream.addr, FAST_REFRESH, "").await;
+    // Polling only: the sign-out must come back through the percent-encoded lookup path.
+    let edge = Edge::spawn_full(
+        &reference.url,
+        "  feed: false\n",
+        upstream.addr,
+        FAST_REFRESH,
+        "",
+    );
+    edge.wait_ready().await;
 
     let odd = "user/42?x=1 #é";
     let token = reference.sign_in(odd, "tv").await;
     assert_eq!(edge.get_with_token("/", &token).await.status(), 200);
     reference
-        .post(&format!("/v1/accounts/{}/signout-all", "user%2F42%3Fx%3D1%20%23%C3%A9"), None)
+        .post(
+            &format!(
+                "/v1/accounts/{}/signout-all",
+                "user%2F42%3Fx%3D1%20%23%C3%A9"
+            ),
+            None,
+        )
         .await;
     until_status(&edge, &token, 401).await;
-    assert!(reference.origin.revocation_requests.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+    assert!(
+        reference
+            .origin
+            .revocation_requests
+            .load(std::sync::atomic::Ordering::SeqCst)
+            >= 2
+    );
 }
 
 #[test]
@@ -119,7 +175,13 @@ fn demo_walkthrough_runs_and_shows_the_rejection() {
         &ports[3],
     ]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains(r#""error":"signed_out""#) && out.contains("HTTP 401"), "{out}");
+    assert!(
+        out.contains(r#""error":"signed_out""#) && out.contains("HTTP 401"),
+        "{out}"
+    );
     assert!(out.contains(r#""token_reached_origin":false"#), "{out}");
-    assert!(out.contains(r#"epochgate_requests_total{decision="signed_out"} 1"#), "{out}");
+    assert!(
+        out.contains(r#"epochgate_requests_total{decision="signed_out"} 1"#),
+        "{out}"
+    );
 }

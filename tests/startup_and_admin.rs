@@ -13,7 +13,15 @@ fn write_config(dir: &tempfile::TempDir, text: &str) -> String {
 }
 
 fn valid_config(dir: &tempfile::TempDir) -> String {
-    edge_config("http://127.0.0.1:9", "127.0.0.1:9".parse().unwrap(), free_port(), free_port(), dir.path(), DEFAULT_CACHE, "")
+    edge_config(
+        "http://127.0.0.1:9",
+        "127.0.0.1:9".parse().unwrap(),
+        free_port(),
+        free_port(),
+        dir.path(),
+        DEFAULT_CACHE,
+        "",
+    )
 }
 
 #[test]
@@ -55,7 +63,10 @@ fn bad_duration_is_an_error_naming_the_key() {
     let text = valid_config(&dir).replace("timeout: 250ms", "timeout: soon");
     let (code, out) = run_cli(&["-c", &write_config(&dir, &text)]);
     assert_ne!(code, 0);
-    assert!(out.contains("auth_origin.timeout") && out.contains("soon"), "{out}");
+    assert!(
+        out.contains("auth_origin.timeout") && out.contains("soon"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -73,7 +84,10 @@ fn unknown_algorithm_is_an_error_naming_the_key() {
     let text = valid_config(&dir).replace("[ES256, RS256, EdDSA]", "[ES256, ROT13]");
     let (code, out) = run_cli(&["-c", &write_config(&dir, &text)]);
     assert_ne!(code, 0);
-    assert!(out.contains("token.algorithms[1]") && out.contains("ROT13"), "{out}");
+    assert!(
+        out.contains("token.algorithms[1]") && out.contains("ROT13"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -81,7 +95,15 @@ fn busy_listen_address_exits_non_zero_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = busy.local_addr().unwrap().port();
-    let text = edge_config("http://127.0.0.1:9", "127.0.0.1:9".parse().unwrap(), port, free_port(), dir.path(), DEFAULT_CACHE, "");
+    let text = edge_config(
+        "http://127.0.0.1:9",
+        "127.0.0.1:9".parse().unwrap(),
+        port,
+        free_port(),
+        dir.path(),
+        DEFAULT_CACHE,
+        "",
+    );
     let started = Instant::now();
     let (code, out) = run_cli(&["-c", &write_config(&dir, &text)]);
     assert_ne!(code, 0);
@@ -95,9 +117,19 @@ async fn healthz_answers_and_unknown_admin_path_is_404() {
     let upstream = Upstream::start().await;
     let edge = Edge::start(&origin, &upstream).await;
 
-    let health = edge.client.get(edge.admin_url("/healthz")).send().await.unwrap();
+    let health = edge
+        .client
+        .get(edge.admin_url("/healthz"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(health.status(), 200);
-    let other = edge.client.get(edge.admin_url("/nope")).send().await.unwrap();
+    let other = edge
+        .client
+        .get(edge.admin_url("/nope"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(other.status(), 404);
 }
 
@@ -108,27 +140,41 @@ async fn edge_without_jwks_is_not_ready_and_answers_503_until_keys_arrive() {
     let upstream = Upstream::start().await;
     let edge = Edge::spawn(&origin.url(), upstream.addr, DEFAULT_CACHE, "");
 
-    let report: serde_json::Value = eventually(Duration::from_secs(10), "/readyz to answer", || {
-        let edge = &edge;
-        async move {
-            let r = edge.client.get(edge.admin_url("/readyz")).send().await.ok()?;
-            assert_eq!(r.status(), 503);
-            let body: serde_json::Value = r.json().await.ok()?;
-            // Wait until the proxy listens, so the reason left is the keys.
-            (body["proxy_listening"] == true).then_some(body)
-        }
-    })
-    .await;
+    let report: serde_json::Value =
+        eventually(Duration::from_secs(10), "/readyz to answer", || {
+            let edge = &edge;
+            async move {
+                let r = edge
+                    .client
+                    .get(edge.admin_url("/readyz"))
+                    .send()
+                    .await
+                    .ok()?;
+                assert_eq!(r.status(), 503);
+                let body: serde_json::Value = r.json().await.ok()?;
+                // Wait until the proxy listens, so the reason left is the keys.
+                (body["proxy_listening"] == true).then_some(body)
+            }
+        })
+        .await;
     assert_eq!(report["ready"], false);
     assert_eq!(report["keys"], 0);
-    assert!(report["reason"].as_str().unwrap().contains("keys"), "{report}");
+    assert!(
+        report["reason"].as_str().unwrap().contains("keys"),
+        "{report}"
+    );
 
     let response = edge.get_with_token("/", &origin.token("alice", "tv")).await;
     assert_eq!(rejection(response, 503).await["error"], "not_ready");
 
     origin.set_jwks_down(false);
     edge.wait_ready().await;
-    assert_eq!(edge.get_with_token("/", &origin.token("alice", "tv")).await.status(), 200);
+    assert_eq!(
+        edge.get_with_token("/", &origin.token("alice", "tv"))
+            .await
+            .status(),
+        200
+    );
     assert_eq!(edge.metric("epochgate_jwks_keys").await, 1.0);
 }
 
@@ -142,7 +188,8 @@ async fn metrics_exposition_passes_promtool() {
     edge.get("/").await;
     edge.get_with_token("/", "not.a.token").await;
     edge.get_with_token("/", &origin.token("bob", "tv")).await;
-    edge.get_with_token("/", &origin.token_at("alice", "tv", now() - 100)).await;
+    edge.get_with_token("/", &origin.token_at("alice", "tv", now() - 100))
+        .await;
     let text = edge.metrics().await;
     for name in [
         "epochgate_requests_total",
@@ -166,7 +213,12 @@ async fn metrics_exposition_passes_promtool() {
         .spawn()
         .unwrap();
     use std::io::Write;
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),

@@ -2,17 +2,21 @@
 //! it signs ES256 device tokens, serves its JWKS and revocation records, and offers the
 //! user-side calls behind a "Sign out of all devices" button.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
 
 use crate::reference::signing::SigningKey;
 use crate::revocation::RevocationRecord;
@@ -28,13 +32,31 @@ pub struct DeviceClaims {
     pub aud: String,
 }
 
+/// Revocation events kept for replay to edges that reconnect with `Last-Event-ID`.
+pub const FEED_REPLAY_EVENTS: usize = 10_000;
+/// The feed's keep-alive comment interval.
+pub const FEED_PING: Duration = Duration::from_secs(15);
+
+/// One published revocation event: its sequence number and JSON data.
+type FeedEntry = (u64, Arc<str>);
+
+/// Records and the feed's replay log, changed together under one lock so that event order
+/// matches record order.
+#[derive(Default)]
+struct Store {
+    records: HashMap<String, RevocationRecord>,
+    log: VecDeque<FeedEntry>,
+    next_seq: u64,
+}
+
 /// The reference auth origin's state.
 pub struct AuthOrigin {
     key: SigningKey,
     pub issuer: String,
     pub audience: String,
     token_lifetime: Duration,
-    records: Mutex<HashMap<String, RevocationRecord>>,
+    store: Mutex<Store>,
+    feed: broadcast::Sender<FeedEntry>,
     /// Revocation lookups served (what an edge costs this origin).
     pub revocation_requests: AtomicU64,
     pub jwks_requests: AtomicU64,
@@ -54,7 +76,11 @@ impl AuthOrigin {
             issuer: issuer.to_string(),
             audience: audience.to_string(),
             token_lifetime: Duration::from_secs(3600),
-            records: Mutex::new(HashMap::new()),
+            store: Mutex::new(Store {
+                next_seq: 1,
+                ..Store::default()
+            }),
+            feed: broadcast::channel(4096).0,
             revocation_requests: AtomicU64::new(0),
             jwks_requests: AtomicU64::new(0),
         }))
@@ -64,6 +90,7 @@ impl AuthOrigin {
         Router::new()
             .route("/.well-known/jwks.json", get(jwks))
             .route("/v1/revocations/{account_id}", get(revocation))
+            .route("/v1/revocation-feed", get(revocation_feed))
             .route("/v1/signin", post(signin))
             .route("/v1/accounts/{account_id}/signout-all", post(signout_all))
             .route(
@@ -74,14 +101,37 @@ impl AuthOrigin {
     }
 
     fn record(&self, account: &str) -> Option<RevocationRecord> {
-        self.lock().get(account).cloned()
+        self.lock().records.get(account).cloned()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, RevocationRecord>> {
-        match self.records.lock() {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Store> {
+        match self.store.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         }
+    }
+
+    /// Changes an account's record and publishes the whole new record on the feed.
+    fn update(
+        &self,
+        account: &str,
+        change: impl FnOnce(&mut RevocationRecord),
+    ) -> RevocationRecord {
+        let mut store = self.lock();
+        let record = store.records.entry(account.to_string()).or_default();
+        change(record);
+        let record = record.clone();
+        let mut data = record_body(account, &record);
+        data["changed_at_ms"] = crate::unix_millis().into();
+        let entry: FeedEntry = (store.next_seq, data.to_string().into());
+        store.next_seq += 1;
+        store.log.push_back(entry.clone());
+        if store.log.len() > FEED_REPLAY_EVENTS {
+            store.log.pop_front();
+        }
+        // No subscriber is fine: edges that connect later replay from the log.
+        let _ = self.feed.send(entry);
+        record
     }
 
     /// Issues a token for a device. Its `iat` is never before the account's or the device's
@@ -105,20 +155,43 @@ impl AuthOrigin {
     /// Signs the account out of every device: every token issued up to now is revoked.
     pub fn sign_out_all(&self, account: &str) -> RevocationRecord {
         let epoch = crate::unix_millis() / 1000 + 1;
-        let mut records = self.lock();
-        let record = records.entry(account.to_string()).or_default();
-        record.epoch = record.epoch.max(epoch);
-        record.clone()
+        self.update(account, |record| record.epoch = record.epoch.max(epoch))
     }
 
     /// Signs one device out.
     pub fn sign_out_device(&self, account: &str, device: &str) -> RevocationRecord {
         let epoch = crate::unix_millis() / 1000 + 1;
-        let mut records = self.lock();
-        let record = records.entry(account.to_string()).or_default();
-        let slot = record.devices.entry(device.to_string()).or_insert(0);
-        *slot = (*slot).max(epoch);
-        record.clone()
+        self.update(account, |record| {
+            let slot = record.devices.entry(device.to_string()).or_insert(0);
+            *slot = (*slot).max(epoch);
+        })
+    }
+
+    /// What a feed subscriber resuming after `last_event_id` gets first: whether it must
+    /// reset (the id is unknown or too old to replay from), the events to replay, and the
+    /// live channel (subscribed under the same lock, so nothing falls between the two).
+    fn subscribe(
+        &self,
+        last_event_id: Option<&str>,
+    ) -> (bool, Vec<FeedEntry>, broadcast::Receiver<FeedEntry>) {
+        let store = self.lock();
+        let live = self.feed.subscribe();
+        let Some(last) = last_event_id else {
+            return (false, Vec::new(), live);
+        };
+        let oldest = store.log.front().map_or(store.next_seq, |(seq, _)| *seq);
+        match last.trim().parse::<u64>() {
+            Ok(last) if last + 1 >= oldest && last < store.next_seq => {
+                let replay = store
+                    .log
+                    .iter()
+                    .filter(|(seq, _)| *seq > last)
+                    .cloned()
+                    .collect();
+                (false, replay, live)
+            }
+            _ => (true, Vec::new(), live),
+        }
     }
 
     pub fn jwks(&self) -> serde_json::Value {
@@ -148,6 +221,40 @@ async fn revocation(
         )
             .into_response(),
     }
+}
+
+async fn revocation_feed(
+    State(origin): State<Arc<AuthOrigin>>,
+    headers: axum::http::HeaderMap,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let last_event_id = headers.get("last-event-id").and_then(|v| v.to_str().ok());
+    let (reset, replay, live) = origin.subscribe(last_event_id);
+    let replayed_up_to = replay.last().map(|(seq, _)| *seq);
+    let reset = reset.then(|| Ok(Event::default().event("reset").data("{}")));
+    let first = futures::stream::iter(
+        reset
+            .into_iter()
+            .chain(replay.into_iter().map(|entry| Ok(revocation_event(entry)))),
+    );
+    // Live events; one the replay already sent is skipped. A subscriber too slow to keep up
+    // is disconnected and resumes with Last-Event-ID.
+    let rest = futures::stream::unfold(live, move |mut live| async move {
+        loop {
+            match live.recv().await {
+                Ok(entry) if replayed_up_to.is_some_and(|up_to| entry.0 <= up_to) => continue,
+                Ok(entry) => return Some((Ok(revocation_event(entry)), live)),
+                Err(_) => return None,
+            }
+        }
+    });
+    Sse::new(first.chain(rest)).keep_alive(KeepAlive::new().interval(FEED_PING).text("ping"))
+}
+
+fn revocation_event((seq, data): FeedEntry) -> Event {
+    Event::default()
+        .event("revocation")
+        .id(seq.to_string())
+        .data(data.as_ref())
 }
 
 async fn signin(

@@ -18,9 +18,14 @@ pub struct SigningKey {
 impl SigningKey {
     /// A fresh P-256 key (ES256).
     pub fn generate_es256(kid: &str) -> Result<SigningKey, String> {
-        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
-            .map_err(|_| "cannot generate an ES256 key".to_string())?;
-        SigningKey::new(kid, Algorithm::ES256, EncodingKey::from_ec_der(pkcs8.as_ref()))
+        let pkcs8 =
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
+                .map_err(|_| "cannot generate an ES256 key".to_string())?;
+        SigningKey::new(
+            kid,
+            Algorithm::ES256,
+            EncodingKey::from_ec_der(pkcs8.as_ref()),
+        )
     }
 
     /// A fresh Ed25519 key (EdDSA).
@@ -72,7 +77,11 @@ impl SigningKey {
     }
 
     /// Signs with a header of the caller's making (tests use this for odd headers).
-    pub fn sign_with_header<C: Serialize>(&self, header: &Header, claims: &C) -> Result<String, String> {
+    pub fn sign_with_header<C: Serialize>(
+        &self,
+        header: &Header,
+        claims: &C,
+    ) -> Result<String, String> {
         jsonwebtoken::encode(header, claims, &self.encoding).map_err(|e| format!("signing: {e}"))
     }
 }

@@ -51,7 +51,12 @@ async fn segment(Path(name): Path<String>) -> Response {
 }
 
 async fn whoami(headers: HeaderMap, uri: Uri) -> Json<serde_json::Value> {
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
     Json(serde_json::json!({
         "account": header("x-epochgate-account"),
         "device": header("x-epochgate-device"),

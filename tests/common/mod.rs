@@ -73,7 +73,18 @@ pub enum Mode {
     Huge,
 }
 
+/// What the test sends down open feed connections.
+#[derive(Debug, Clone)]
+pub enum FeedCommand {
+    Raw(bytes::Bytes),
+    Close,
+}
+
 pub struct OriginState {
+    /// `None`: the feed endpoint answers 404.
+    pub feed: Mutex<Option<tokio::sync::broadcast::Sender<FeedCommand>>>,
+    /// The `Last-Event-ID` header of each feed connection, in order.
+    pub feed_connections: Mutex<Vec<Option<String>>>,
     pub records: Mutex<HashMap<String, Value>>,
     pub jwks: Mutex<Vec<Value>>,
     pub mode: Mutex<Mode>,
@@ -95,6 +106,8 @@ impl TestOrigin {
     pub async fn start() -> TestOrigin {
         let key = SigningKey::generate_es256("test-es256").unwrap();
         let state = Arc::new(OriginState {
+            feed: Mutex::new(None),
+            feed_connections: Mutex::new(Vec::new()),
             records: Mutex::new(HashMap::new()),
             jwks: Mutex::new(vec![key.jwk().clone()]),
             mode: Mutex::new(Mode::Normal),
@@ -145,12 +158,15 @@ impl TestOrigin {
         let router = Router::new()
             .route("/.well-known/jwks.json", get(origin_jwks))
             .route("/v1/revocations/{account}", get(origin_revocation))
+            .route("/v1/revocation-feed", get(origin_feed))
             .with_state(self.state.clone());
         let tasks = Arc::new(Mutex::new(JoinSet::new()));
         self.tasks = Some(tasks.clone());
         self.accept = Some(tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let service = hyper_util::service::TowerToHyperService::new(router.clone());
                 tasks.lock().unwrap().spawn(async move {
                     let io = hyper_util::rt::TokioIo::new(stream);
@@ -160,6 +176,37 @@ impl TestOrigin {
                 });
             }
         }));
+    }
+
+    /// Offers the feed endpoint (it answers 404 until then).
+    pub fn enable_feed(&self) {
+        *self.state.feed.lock().unwrap() = Some(tokio::sync::broadcast::channel(1024).0);
+    }
+
+    /// Sends raw SSE text to every open feed connection.
+    pub fn feed_send(&self, raw: impl Into<bytes::Bytes>) {
+        if let Some(tx) = self.state.feed.lock().unwrap().as_ref() {
+            let _ = tx.send(FeedCommand::Raw(raw.into()));
+        }
+    }
+
+    /// Sends a `revocation` event with the account's whole record.
+    pub fn feed_revocation(&self, id: u64, account: &str, epoch: u64, devices: &[(&str, u64)]) {
+        let devices: HashMap<&str, u64> = devices.iter().copied().collect();
+        let data = json!({"account_id": account, "epoch": epoch, "devices": devices, "changed_at_ms": epochgate::unix_millis()});
+        self.feed_send(format!("event: revocation\nid: {id}\ndata: {data}\n\n"));
+    }
+
+    /// Ends every open feed connection (the origin drops them).
+    pub fn feed_close(&self) {
+        if let Some(tx) = self.state.feed.lock().unwrap().as_ref() {
+            let _ = tx.send(FeedCommand::Close);
+        }
+    }
+
+    /// `Last-Event-ID` of each feed connection so far.
+    pub fn feed_connections(&self) -> Vec<Option<String>> {
+        self.state.feed_connections.lock().unwrap().clone()
     }
 
     pub fn set_mode(&self, mode: Mode) {
@@ -177,11 +224,18 @@ impl TestOrigin {
     /// Sets the account's record as the origin will serve it (any value, even backwards).
     pub fn set_record(&self, account: &str, epoch: u64, devices: &[(&str, u64)]) {
         let devices: HashMap<&str, u64> = devices.iter().copied().collect();
-        self.set_raw_record(account, json!({"account_id": account, "epoch": epoch, "devices": devices}));
+        self.set_raw_record(
+            account,
+            json!({"account_id": account, "epoch": epoch, "devices": devices}),
+        );
     }
 
     pub fn set_raw_record(&self, account: &str, body: Value) {
-        self.state.records.lock().unwrap().insert(account.to_string(), body);
+        self.state
+            .records
+            .lock()
+            .unwrap()
+            .insert(account.to_string(), body);
     }
 
     pub fn revocation_requests(&self) -> u64 {
@@ -226,6 +280,29 @@ async fn origin_jwks(State(state): State<Arc<OriginState>>) -> Response {
     Json(json!({ "keys": keys })).into_response()
 }
 
+async fn origin_feed(State(state): State<Arc<OriginState>>, headers: HeaderMap) -> Response {
+    let Some(rx) = state.feed.lock().unwrap().as_ref().map(|tx| tx.subscribe()) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let last = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    state.feed_connections.lock().unwrap().push(last);
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        match rx.recv().await {
+            Ok(FeedCommand::Raw(bytes)) => Some((Ok::<_, std::io::Error>(bytes), rx)),
+            Ok(FeedCommand::Close) | Err(_) => None,
+        }
+    });
+    let head = futures::stream::once(async { Ok(bytes::Bytes::from_static(b": hello\n\n")) });
+    use futures::StreamExt;
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(Body::from_stream(head.chain(stream)))
+        .unwrap()
+}
+
 async fn origin_revocation(
     State(state): State<Arc<OriginState>>,
     Path(account): Path<String>,
@@ -236,7 +313,10 @@ async fn origin_revocation(
         Mode::Normal => {}
         Mode::Status500 => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
         Mode::Html => {
-            return ([("content-type", "text/html")], "<html><body>Bad gateway</body></html>")
+            return (
+                [("content-type", "text/html")],
+                "<html><body>Bad gateway</body></html>",
+            )
                 .into_response()
         }
         Mode::Hang => std::future::pending::<()>().await,
@@ -283,7 +363,11 @@ impl Upstream {
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, router).await;
         });
-        Upstream { addr, requests, task }
+        Upstream {
+            addr,
+            requests,
+            task,
+        }
     }
 }
 
@@ -317,7 +401,30 @@ pub struct Edge {
 }
 
 /// The config every test starts from; `extra` is appended (YAML keys of the top level).
-pub fn edge_config(origin_url: &str, upstream: SocketAddr, proxy: u16, admin: u16, dir: &std::path::Path, cache: &str, extra: &str) -> String {
+pub fn edge_config(
+    origin_url: &str,
+    upstream: SocketAddr,
+    proxy: u16,
+    admin: u16,
+    dir: &std::path::Path,
+    cache: &str,
+    extra: &str,
+) -> String {
+    edge_config_with_origin(origin_url, "", upstream, proxy, admin, dir, cache, extra)
+}
+
+/// As [`edge_config`], with `auth_origin_extra` lines added under `auth_origin:`.
+#[allow(clippy::too_many_arguments)]
+pub fn edge_config_with_origin(
+    origin_url: &str,
+    auth_origin_extra: &str,
+    upstream: SocketAddr,
+    proxy: u16,
+    admin: u16,
+    dir: &std::path::Path,
+    cache: &str,
+    extra: &str,
+) -> String {
     format!(
         r#"server:
   threads: 2
@@ -333,6 +440,7 @@ admin:
 auth_origin:
   url: "{origin_url}"
   timeout: 250ms
+{auth_origin_extra}
 token:
   algorithms: [ES256, RS256, EdDSA]
   issuer: "{ISSUER}"
@@ -353,7 +461,12 @@ impl Edge {
         Edge::start_with(&origin.url(), upstream.addr, DEFAULT_CACHE, "").await
     }
 
-    pub async fn start_with(origin_url: &str, upstream: SocketAddr, cache: &str, extra: &str) -> Edge {
+    pub async fn start_with(
+        origin_url: &str,
+        upstream: SocketAddr,
+        cache: &str,
+        extra: &str,
+    ) -> Edge {
         let edge = Edge::spawn(origin_url, upstream, cache, extra);
         edge.wait_ready().await;
         edge
@@ -361,10 +474,30 @@ impl Edge {
 
     /// Starts the process without waiting for readiness.
     pub fn spawn(origin_url: &str, upstream: SocketAddr, cache: &str, extra: &str) -> Edge {
+        Edge::spawn_full(origin_url, "", upstream, cache, extra)
+    }
+
+    /// Starts the process with extra `auth_origin:` lines, without waiting for readiness.
+    pub fn spawn_full(
+        origin_url: &str,
+        auth_origin_extra: &str,
+        upstream: SocketAddr,
+        cache: &str,
+        extra: &str,
+    ) -> Edge {
         let dir = tempfile::tempdir().unwrap();
         let proxy = free_port();
         let admin = free_port();
-        let config = edge_config(origin_url, upstream, proxy, admin, dir.path(), cache, extra);
+        let config = edge_config_with_origin(
+            origin_url,
+            auth_origin_extra,
+            upstream,
+            proxy,
+            admin,
+            dir.path(),
+            cache,
+            extra,
+        );
         let config_path = dir.path().join("epochgate.yaml");
         std::fs::write(&config_path, config).unwrap();
         let log = std::fs::File::create(dir.path().join("edge.log")).unwrap();
@@ -406,6 +539,27 @@ impl Edge {
         format!("http://{}{path}", self.proxy)
     }
 
+    /// The JSON body of `/readyz`.
+    pub async fn readiness(&self) -> Value {
+        let r = self
+            .client
+            .get(self.admin_url("/readyz"))
+            .send()
+            .await
+            .unwrap();
+        r.json().await.unwrap()
+    }
+
+    /// Waits until `/readyz` reports this feed state.
+    pub async fn wait_feed(&self, state: &str) {
+        eventually(
+            Duration::from_secs(10),
+            &format!("feed {state}"),
+            || async move { (self.readiness().await["feed"] == state).then_some(()) },
+        )
+        .await;
+    }
+
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.admin)
     }
@@ -421,7 +575,11 @@ impl Edge {
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.client.get(self.url(path)).send().await.expect("request through the edge")
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request through the edge")
     }
 
     pub async fn metrics(&self) -> String {
@@ -439,7 +597,10 @@ impl Edge {
     pub async fn metric(&self, sample: &str) -> f64 {
         let text = self.metrics().await;
         text.lines()
-            .find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.trim().parse().ok()))
+            .find_map(|l| {
+                l.strip_prefix(sample)
+                    .and_then(|rest| rest.trim().parse().ok())
+            })
             .unwrap_or(0.0)
     }
 
@@ -449,6 +610,16 @@ impl Edge {
             let _ = f.read_to_string(&mut text);
         }
         text
+    }
+
+    /// Whether the edge process is still running.
+    pub fn pid_alive(&self) -> bool {
+        // A process that exited but is not yet reaped shows state `Z` here.
+        std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).is_ok_and(|stat| {
+            stat.rsplit(')')
+                .next()
+                .is_some_and(|rest| !rest.trim_start().starts_with('Z'))
+        })
     }
 
     pub fn pid(&self) -> u32 {
@@ -483,7 +654,11 @@ impl Drop for Edge {
 
 /// The JSON an upstream echo returned.
 pub async fn echoed(response: reqwest::Response) -> Value {
-    assert_eq!(response.status(), 200, "expected the request to reach the upstream");
+    assert_eq!(
+        response.status(),
+        200,
+        "expected the request to reach the upstream"
+    );
     response.json().await.expect("echo JSON")
 }
 
@@ -491,7 +666,10 @@ pub async fn echoed(response: reqwest::Response) -> Value {
 pub async fn rejection(response: reqwest::Response, status: u16) -> Value {
     assert_eq!(response.status(), status);
     assert_eq!(
-        response.headers().get("content-type").and_then(|v| v.to_str().ok()),
+        response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
         Some("application/json")
     );
     response.json().await.expect("rejection JSON")
@@ -513,5 +691,8 @@ pub fn run_cli(args: &[&str]) -> (i32, String) {
 }
 
 pub fn record(epoch: u64) -> RevocationRecord {
-    RevocationRecord { epoch, devices: HashMap::new() }
+    RevocationRecord {
+        epoch,
+        devices: HashMap::new(),
+    }
 }

@@ -406,3 +406,78 @@ async fn tokens_never_appear_in_the_log() {
         assert!(!log.contains(signature), "token in log:\n{log}");
     }
 }
+
+#[tokio::test]
+async fn static_hmac_secret_from_the_environment_verifies_hs256() {
+    let origin = TestOrigin::start().await;
+    let upstream = Upstream::start().await;
+    let secret = "an-hmac-secret-of-at-least-32-bytes!!";
+    std::env::set_var("EPOCHGATE_TEST_HMAC", secret);
+    let dir = tempfile::tempdir().unwrap();
+    let (proxy, admin) = (free_port(), free_port());
+    let config = edge_config(
+        &origin.url(),
+        upstream.addr,
+        proxy,
+        admin,
+        dir.path(),
+        DEFAULT_CACHE,
+        "",
+    )
+    .replace(
+        "[ES256, RS256, EdDSA]",
+        "[HS256]\n  keys: { hmac_secret_env: EPOCHGATE_TEST_HMAC }",
+    );
+    let path = dir.path().join("epochgate.yaml");
+    std::fs::write(&path, config).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_epochgate"))
+        .arg("-c")
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{proxy}/");
+    let sign = |key: &[u8]| {
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims("alice", "tv", now()),
+            &EncodingKey::from_secret(key),
+        )
+        .unwrap()
+    };
+    let good = sign(secret.as_bytes());
+    let status = eventually(
+        std::time::Duration::from_secs(10),
+        "the edge to answer",
+        || {
+            let (client, url, good) = (&client, &url, &good);
+            async move {
+                client
+                    .get(url)
+                    .bearer_auth(good)
+                    .send()
+                    .await
+                    .ok()
+                    .map(|r| r.status())
+            }
+        },
+    )
+    .await;
+    let wrong = client
+        .get(&url)
+        .bearer_auth(sign(b"another-secret-of-at-least-32-bytes!"))
+        .send()
+        .await
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(status, 200);
+    assert_eq!(wrong.status(), 401);
+    assert_eq!(
+        origin.jwks_requests(),
+        0,
+        "static keys never touch the JWKS"
+    );
+}

@@ -243,3 +243,26 @@ async fn disabled_feed_is_reported_and_never_requested() {
     assert_eq!(edge.readiness().await["feed"], "disabled");
     assert!(origin.feed_connections().is_empty());
 }
+
+#[tokio::test]
+async fn silent_feed_connection_is_replaced() {
+    let origin = TestOrigin::start().await;
+    origin.enable_feed();
+    let upstream = Upstream::start().await;
+    // The test origin sends one comment and then nothing: no pings.
+    let edge = Edge::spawn_full(
+        &origin.url(),
+        "  feed_idle_timeout: 1s\n",
+        upstream.addr,
+        DEFAULT_CACHE,
+        "",
+    );
+    edge.wait_ready().await;
+    eventually(
+        Duration::from_secs(10),
+        "a replacement connection",
+        || async { (origin.feed_connections().len() >= 2).then_some(()) },
+    )
+    .await;
+    assert!(edge.log().contains("presumed dead"), "{}", edge.log());
+}

@@ -38,7 +38,7 @@ impl AdminApp {
     }
 
     /// `(ready, body)` of `/readyz`.
-    pub fn readiness_report(&self) -> (bool, serde_json::Value) {
+    pub async fn readiness_report(&self) -> (bool, serde_json::Value) {
         let keys = self.gate.keys().current().len();
         let listening = self.readiness.proxy_listening();
         let reason = if !listening {
@@ -52,7 +52,7 @@ impl AdminApp {
             "ready": reason.is_none(),
             "keys": keys,
             "proxy_listening": listening,
-            "cached_accounts": self.gate.cache().entry_count(),
+            "cached_accounts": self.gate.cache().entry_count().await,
             "feed": self.gate.feed_status().state().as_str(),
         });
         if let Some(reason) = reason {
@@ -81,7 +81,7 @@ impl ServeHttp for AdminApp {
                 let metrics = self.gate.metrics();
                 metrics
                     .cache_entries
-                    .set(self.gate.cache().entry_count() as i64);
+                    .set(self.gate.cache().entry_count().await as i64);
                 metrics
                     .feed_last_activity_age
                     .set(self.gate.feed_status().last_activity_age().as_secs_f64());
@@ -89,7 +89,7 @@ impl ServeHttp for AdminApp {
             }
             "/healthz" => respond(200, "application/json", br#"{"status":"ok"}"#.to_vec()),
             "/readyz" => {
-                let (ready, body) = self.readiness_report();
+                let (ready, body) = self.readiness_report().await;
                 respond(
                     if ready { 200 } else { 503 },
                     "application/json",

@@ -26,6 +26,8 @@ pub struct CachedRecord {
     confirmed_at_ms: u64,
     /// Set while a background refresh of this entry is running or waiting to retry.
     refresh_claimed: AtomicBool,
+    /// Must be checked with the origin before its next use (the feed may have lost a change).
+    forced_due: AtomicBool,
     last_attempt_ms: AtomicU64,
 }
 
@@ -36,6 +38,7 @@ impl CachedRecord {
             confirmed_at: Instant::now(),
             confirmed_at_ms: crate::monotonic_millis(),
             refresh_claimed: AtomicBool::new(false),
+            forced_due: AtomicBool::new(false),
             last_attempt_ms: AtomicU64::new(0),
         }
     }
@@ -101,7 +104,8 @@ impl FeedCoverage {
     }
 
     fn due(&self, entry: &CachedRecord) -> bool {
-        entry.confirmed_at_ms < self.due_before_ms.load(Ordering::Acquire)
+        entry.forced_due.load(Ordering::Acquire)
+            || entry.confirmed_at_ms < self.due_before_ms.load(Ordering::Acquire)
     }
 }
 
@@ -133,15 +137,21 @@ impl EpochCache {
         }
     }
 
-    pub fn entry_count(&self) -> u64 {
-        self.inner.cache.entry_count()
-    }
-
     /// The record to judge a request by, fetching or refreshing as the entry's age requires.
     pub async fn lookup(&self, account: &str) -> Lookup {
         let inner = &self.inner;
         if let Some(entry) = inner.cache.get(account).await {
             let age = entry.age();
+            if inner.coverage.due(&entry) {
+                // The feed may have lost a change for it: check with the origin before use,
+                // but survive an origin outage on the record we have, up to max_stale.
+                inner.metrics.count_lookup(CacheResult::Miss);
+                return match self.fetch(account).await {
+                    Ok(fresh) => Lookup::Fresh(fresh),
+                    Err(_) if age < inner.settings.max_stale => Lookup::Stale(entry),
+                    Err(_) => Lookup::Unavailable,
+                };
+            }
             // With the feed vouching for it, a record stays fresh until max_stale (a safety
             // net against a feed that pings but no longer publishes).
             let fresh_for = if inner.coverage.covers(&entry) {
@@ -149,7 +159,7 @@ impl EpochCache {
             } else {
                 inner.settings.refresh_after
             };
-            if age < fresh_for && !inner.coverage.due(&entry) {
+            if age < fresh_for {
                 inner.metrics.count_lookup(CacheResult::Hit);
                 return Lookup::Fresh(entry);
             }
@@ -163,6 +173,19 @@ impl EpochCache {
         match self.fetch(account).await {
             Ok(entry) => Lookup::Fresh(entry),
             Err(_) => Lookup::Unavailable,
+        }
+    }
+
+    /// Accounts held now (pending inserts and evictions applied first, so the count is current).
+    pub async fn entry_count(&self) -> u64 {
+        self.inner.cache.run_pending_tasks().await;
+        self.inner.cache.entry_count()
+    }
+
+    /// Marks one account's record as needing a check with the origin before its next use.
+    pub async fn mark_due(&self, account: &str) {
+        if let Some(entry) = self.inner.cache.get(account).await {
+            entry.forced_due.store(true, Ordering::Release);
         }
     }
 

@@ -109,8 +109,9 @@ pub struct SseParser {
     poisoned: bool,
     kind: String,
     data: String,
-    id_buffer: String,
+    id_buffer: Option<String>,
     last_event_id: Option<String>,
+    started: bool,
 }
 
 impl SseParser {
@@ -154,6 +155,13 @@ impl SseParser {
     }
 
     fn line_done(&mut self, line: &[u8], out: &mut Vec<SseItem>) {
+        // A UTF-8 byte-order mark may open the stream; it is not part of the first line.
+        let line = if !self.started {
+            self.started = true;
+            line.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(line)
+        } else {
+            line
+        };
         if line.is_empty() {
             self.dispatch(out);
             return;
@@ -176,14 +184,15 @@ impl SseParser {
                     self.data.push('\n');
                 }
             }
-            "id" if !value.contains('\0') => self.id_buffer = value.to_string(),
+            // An empty id clears the last event id (nothing to resume from).
+            "id" if !value.contains('\0') => self.id_buffer = Some(value.to_string()),
             _ => {}
         }
     }
 
     fn dispatch(&mut self, out: &mut Vec<SseItem>) {
-        if !self.id_buffer.is_empty() {
-            self.last_event_id = Some(self.id_buffer.clone());
+        if let Some(id) = &self.id_buffer {
+            self.last_event_id = (!id.is_empty()).then(|| id.clone());
         }
         let kind = std::mem::take(&mut self.kind);
         let mut data = std::mem::take(&mut self.data);
@@ -243,6 +252,8 @@ impl FeedService {
         let (kind, data) = match item {
             SseItem::Oversized => {
                 metrics.count_feed_event(FeedEvent::Malformed);
+                // Unreadable, so possibly a lost sign-out for an account we cannot name.
+                gate.cache().coverage().reset();
                 return;
             }
             SseItem::Event { kind, data } => (kind, data),
@@ -261,7 +272,10 @@ impl FeedService {
                     };
                     gate.cache().apply_pushed(&event.account_id, record).await;
                 }
-                _ => metrics.count_feed_event(FeedEvent::Malformed),
+                _ => {
+                    metrics.count_feed_event(FeedEvent::Malformed);
+                    FeedService::distrust_after_malformed(gate, &data).await;
+                }
             },
             "reset" => {
                 metrics.count_feed_event(FeedEvent::Reset);
@@ -269,6 +283,24 @@ impl FeedService {
             }
             // Unknown event types are for other consumers of the stream.
             _ => {}
+        }
+    }
+
+    /// A revocation we could not read may have been a sign-out, and its id is behind us now
+    /// (it will not be replayed). Its account, when it can be told, must be checked with the
+    /// origin before its next use; when it cannot, every cached record must.
+    async fn distrust_after_malformed(gate: &Gate, data: &str) {
+        let account = serde_json::from_str::<serde_json::Value>(data)
+            .ok()
+            .and_then(|v| {
+                v.get("account_id")
+                    .and_then(|a| a.as_str())
+                    .map(str::to_string)
+            })
+            .filter(|a| !a.is_empty());
+        match account {
+            Some(account) => gate.cache().mark_due(&account).await,
+            None => gate.cache().coverage().reset(),
         }
     }
 
@@ -357,7 +389,7 @@ impl BackgroundService for FeedService {
             if *shutdown.borrow() {
                 return;
             }
-            if attempts > 0 {
+            if attempts > 0 && status.state() != FeedState::Unsupported {
                 self.gate.metrics().feed_reconnects.inc();
             }
             attempts += 1;
@@ -428,6 +460,24 @@ mod tests {
             p.push(b": ping\r\n\r\ndata: x\r\ndata: y\r\n\r\n"),
             vec![event("message", "x\ny")]
         );
+    }
+
+    #[test]
+    fn a_leading_byte_order_mark_is_ignored() {
+        let mut p = SseParser::default();
+        assert_eq!(
+            p.push(b"\xEF\xBB\xBFevent: reset\ndata: {}\n\n"),
+            vec![event("reset", "{}")]
+        );
+    }
+
+    #[test]
+    fn an_empty_id_clears_the_last_event_id() {
+        let mut p = SseParser::default();
+        p.push(b"id: 5\ndata: x\n\n");
+        assert_eq!(p.last_event_id(), Some("5"));
+        p.push(b"id:\ndata: y\n\n");
+        assert_eq!(p.last_event_id(), None);
     }
 
     #[test]

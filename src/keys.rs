@@ -258,6 +258,7 @@ impl KeyStore {
             log::info!("JWKS: {skipped} key(s) skipped (unsupported type or algorithm)");
         }
         if set.is_empty() {
+            log::warn!("JWKS holds no key usable with token.algorithms; keeping the keys we have");
             return Err(OriginError::BadBody(
                 "JWKS holds no key usable with token.algorithms".into(),
             ));

@@ -147,7 +147,7 @@ impl Metrics {
         .expect("static metric definition");
         let feed_reconnects = IntCounter::new(
             "epochgate_feed_reconnects_total",
-            "Times the revocation feed was connected again after the first attempt.",
+            "Revocation-feed connection attempts after the first (not counting the slow retries of a feed the origin does not offer).",
         )
         .expect("static metric definition");
         let feed_last_activity_age = Gauge::new(

@@ -168,7 +168,11 @@ impl OriginClient {
             Err(_) => Err(OriginError::Timeout(self.timeout)),
             Ok(Err(e)) => Err(OriginError::Transport(e.without_url().to_string())),
             Ok(Ok(response)) => match response.status().as_u16() {
-                200 => Ok(FeedOpen::Stream(response)),
+                // A catch-all 200 page is not a feed: it must never vouch for records.
+                200 if is_event_stream(&response) => Ok(FeedOpen::Stream(response)),
+                200 => Err(OriginError::BadBody(
+                    "feed answered 200 without content-type text/event-stream".into(),
+                )),
                 404 => Ok(FeedOpen::NotOffered),
                 other => Err(OriginError::Status(other)),
             },
@@ -233,6 +237,18 @@ impl OriginClient {
             .count_origin_request(endpoint, outcome, started.elapsed());
         result.map(|(_, v)| v)
     }
+}
+
+fn is_event_stream(response: &reqwest::Response) -> bool {
+    response
+        .headers()
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("text/event-stream")
+        })
 }
 
 /// A warning that is written at most once per interval, with a count of what it held back:

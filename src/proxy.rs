@@ -106,6 +106,26 @@ fn strip_token(source: &TokenSource, upstream: &mut RequestHeader) -> Result<()>
     Ok(())
 }
 
+/// What Pingora writes about a request in its error lines: method, path and host, never the
+/// query string (HLS players carry the token there) nor any header value.
+pub fn redacted_summary(request: &RequestHeader) -> String {
+    let query = if request.uri.query().is_some() {
+        "?<redacted>"
+    } else {
+        ""
+    };
+    let host = request
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("-");
+    format!(
+        "{} {}{query}, Host: {host}",
+        request.method,
+        request.uri.path()
+    )
+}
+
 /// The ready-made proxy: the gate in front of a round-robin list of upstream peers.
 pub struct EpochGateProxy {
     gate: Arc<Gate>,
@@ -168,6 +188,10 @@ impl ProxyHttp for EpochGateProxy {
             self.tls,
             self.sni.clone(),
         )))
+    }
+
+    fn request_summary(&self, session: &Session, _ctx: &RequestContext) -> String {
+        redacted_summary(session.req_header())
     }
 
     async fn upstream_request_filter(

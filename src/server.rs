@@ -12,7 +12,7 @@ use pingora::services::background::{background_service, BackgroundService, GenBa
 use pingora::services::listening::Service;
 
 use crate::admin::{AdminApp, Readiness};
-use crate::config::Settings;
+use crate::config::{FeedSettings, Settings};
 use crate::feed::FeedService;
 use crate::gate::{Gate, GateError};
 use crate::proxy::EpochGateProxy;
@@ -50,10 +50,20 @@ pub struct EdgeServer {
     pub gate: Arc<Gate>,
 }
 
+/// How long a new process started with `-u` waits for its keys before taking over the
+/// listeners: the old process keeps serving meanwhile, so no request meets a keyless edge.
+pub const UPGRADE_KEY_WAIT: Duration = Duration::from_secs(10);
+
 /// Builds the whole edge from validated settings.
 pub fn build(settings: Settings, opt: Opt) -> Result<EdgeServer, StartError> {
     let gate = Arc::new(Gate::new(&settings)?);
     let readiness = Arc::new(Readiness::default());
+    let wait = if opt.upgrade {
+        UPGRADE_KEY_WAIT
+    } else {
+        settings.auth_origin.timeout
+    };
+    preload_keys(&gate, wait);
     let mut server = Server::new_with_opt_and_conf(opt, settings.server);
     server.bootstrap();
 
@@ -88,20 +98,49 @@ pub fn build(settings: Settings, opt: Opt) -> Result<EdgeServer, StartError> {
     server.add_service(admin_service);
     server.add_service(keys_service);
     if settings.auth_origin.feed.enabled {
-        let mut feed = background_service(
-            "epochgate revocation feed",
-            FeedService::new(gate.clone(), settings.auth_origin.feed.clone()),
-        );
-        feed.threads = Some(1);
-        server.add_service(feed);
+        server.add_service(feed_service(
+            gate.clone(),
+            settings.auth_origin.feed.clone(),
+        ));
     }
     server.add_service(watchdog);
     Ok(EdgeServer { server, gate })
 }
 
+/// Tries to load the JWKS before any listener exists, for up to `wait`. Failure is not fatal:
+/// the edge starts not ready and the key service keeps trying.
+fn preload_keys(gate: &Arc<Gate>, wait: Duration) {
+    if !gate.keys().uses_jwks() {
+        return;
+    }
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return;
+    };
+    let deadline = Instant::now() + wait;
+    runtime.block_on(async {
+        while gate.keys().refresh().await.is_err() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+}
+
 /// The background service that keeps a gate's JWKS loaded; embedders add it to their server.
 pub fn key_refresh_service(gate: Arc<Gate>, every: Duration) -> GenBackgroundService<KeyRefresher> {
     let mut service = background_service("epochgate keys", KeyRefresher { gate, every });
+    service.threads = Some(1);
+    service
+}
+
+/// The background service that keeps a gate subscribed to the revocation feed; embedders
+/// add it to their server when `auth_origin.feed` is on.
+pub fn feed_service(gate: Arc<Gate>, settings: FeedSettings) -> GenBackgroundService<FeedService> {
+    let mut service = background_service(
+        "epochgate revocation feed",
+        FeedService::new(gate, settings),
+    );
     service.threads = Some(1);
     service
 }

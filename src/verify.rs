@@ -109,9 +109,9 @@ impl Verifier {
         }
         let mut outcome = Err(InvalidToken::UnknownKey);
         for key in keys.candidates(header.kid.as_deref(), header.alg) {
-            match jsonwebtoken::decode::<HashMap<String, Value>>(token, &key.decoding, validation) {
+            match jsonwebtoken::decode::<Claims>(token, &key.decoding, validation) {
                 Ok(data) => {
-                    outcome = Ok(data.claims);
+                    outcome = Ok(data.claims.0);
                     break;
                 }
                 // Another key of the same algorithm may still match (no `kid`, or a rotation).
@@ -130,6 +130,38 @@ impl Verifier {
             device: string_claim(&claims, &self.device_claim)?,
             session_time: time_claim(&claims, &self.time_claim)?,
         })
+    }
+}
+
+/// A token's claims. A claim named twice is an error, never "the last one wins": two parsers
+/// reading one token differently is how confusion attacks start.
+struct Claims(HashMap<String, Value>);
+
+impl<'de> serde::Deserialize<'de> for Claims {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ClaimsVisitor;
+        impl<'de> serde::de::Visitor<'de> for ClaimsVisitor {
+            type Value = Claims;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object of claims")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Claims, A::Error> {
+                let mut claims = HashMap::new();
+                while let Some((name, value)) = map.next_entry::<String, Value>()? {
+                    if claims.contains_key(&name) {
+                        return Err(serde::de::Error::custom("duplicate claim"));
+                    }
+                    claims.insert(name, value);
+                }
+                Ok(Claims(claims))
+            }
+        }
+        deserializer.deserialize_map(ClaimsVisitor)
     }
 }
 
@@ -171,5 +203,30 @@ fn time_claim(claims: &HashMap<String, Value>, name: &str) -> Result<u64, Invali
             })
             .ok_or(InvalidToken::BadClaim),
         Some(_) => Err(InvalidToken::BadClaim),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_claim_named_twice_is_rejected() {
+        let parsed: Result<Claims, _> = serde_json::from_str(r#"{"sub":"alice","sub":"mallory"}"#);
+        assert!(parsed.is_err());
+    }
+
+    #[test]
+    fn distinct_claims_are_kept() {
+        let parsed: Claims = serde_json::from_str(r#"{"sub":"alice","iat":1}"#).unwrap();
+        assert_eq!(string_claim(&parsed.0, "sub"), Ok("alice".to_string()));
+        assert_eq!(time_claim(&parsed.0, "iat"), Ok(1));
+    }
+
+    #[test]
+    fn negative_or_textual_time_is_a_bad_claim() {
+        let parsed: Claims = serde_json::from_str(r#"{"a":-1,"b":"1"}"#).unwrap();
+        assert_eq!(time_claim(&parsed.0, "a"), Err(InvalidToken::BadClaim));
+        assert_eq!(time_claim(&parsed.0, "b"), Err(InvalidToken::BadClaim));
     }
 }

@@ -64,6 +64,11 @@ impl SigningKey {
         })
     }
 
+    /// The private key, for signing hand-made headers and payloads (tests do).
+    pub fn encoding_key(&self) -> &EncodingKey {
+        &self.encoding
+    }
+
     /// The public key as a JWK (RFC 7517).
     pub fn jwk(&self) -> &serde_json::Value {
         &self.jwk

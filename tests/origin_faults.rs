@@ -1,0 +1,228 @@
+//! A misbehaving auth origin: hanging, slow, flapping, oversized, and a JWKS that goes away or
+//! rotates. Warm accounts keep being served, cold ones follow `on_origin_unavailable`,
+//! latency stays bounded by the timeout, and every error is counted and logged sparingly.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const WARM_THEN_STALE: &str = "  refresh_after: 1s\n  max_stale: 10m\n";
+
+/// The slowest of `n` requests for cold accounts.
+async fn worst_cold_request(
+    edge: &Edge,
+    origin: &TestOrigin,
+    n: usize,
+    tag: &str,
+) -> (Duration, Vec<u16>) {
+    let mut worst = Duration::ZERO;
+    let mut statuses = Vec::new();
+    for i in 0..n {
+        let token = origin.token(&format!("cold-{tag}-{i}"), "tv");
+        let started = Instant::now();
+        statuses.push(edge.get_with_token("/", &token).await.status().as_u16());
+        worst = worst.max(started.elapsed());
+    }
+    (worst, statuses)
+}
+
+#[tokio::test]
+async fn hanging_origin_costs_cold_requests_at_most_the_timeout() {
+    let origin = TestOrigin::start().await;
+    let upstream = Upstream::start().await;
+    let edge = Edge::start_with(&origin.url(), upstream.addr, WARM_THEN_STALE, "").await;
+    let warm = origin.token("warm", "tv");
+    assert_eq!(edge.get_with_token("/", &warm).await.status(), 200);
+
+    origin.set_mode(Mode::Hang);
+    let (worst, statuses) = worst_cold_request(&edge, &origin, 10, "hang").await;
+    assert!(statuses.iter().all(|s| *s == 503), "{statuses:?}");
+    // auth_origin.timeout is 250 ms; the rest is slack for a loaded machine, far below a hang.
+    assert!(
+        worst < Duration::from_millis(1500),
+        "worst cold request took {worst:?}"
+    );
+    eprintln!("worst cold request while the origin hangs: {worst:?} (timeout 250 ms)");
+
+    // A warm account is served from cache, stale or not, without waiting on the hang.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let started = Instant::now();
+    assert_eq!(edge.get_with_token("/", &warm).await.status(), 200);
+    assert!(started.elapsed() < Duration::from_millis(1000));
+    assert!(
+        edge.metric(r#"epochgate_origin_requests_total{endpoint="revocations",outcome="timeout"}"#)
+            .await
+            >= 10.0
+    );
+}
+
+#[tokio::test]
+async fn slow_origin_beyond_the_timeout_counts_timeouts() {
+    let origin = TestOrigin::start().await;
+    origin.set_mode(Mode::Slow(Duration::from_secs(2)));
+    let upstream = Upstream::start().await;
+    let edge = Edge::start(&origin, &upstream).await;
+
+    let (worst, statuses) = worst_cold_request(&edge, &origin, 3, "slow").await;
+    assert_eq!(statuses, vec![503, 503, 503]);
+    assert!(worst < Duration::from_millis(1500), "{worst:?}");
+    assert_eq!(
+        edge.metric(r#"epochgate_origin_requests_total{endpoint="revocations",outcome="timeout"}"#)
+            .await,
+        3.0
+    );
+}
+
+#[tokio::test]
+async fn flapping_origin_keeps_warm_accounts_served() {
+    let origin = TestOrigin::start().await;
+    let upstream = Upstream::start().await;
+    let edge = Edge::start_with(&origin.url(), upstream.addr, WARM_THEN_STALE, "").await;
+    let token = origin.token("alice", "tv");
+    assert_eq!(edge.get_with_token("/", &token).await.status(), 200);
+
+    let deadline = Instant::now() + Duration::from_secs(4);
+    let mut flips = 0;
+    while Instant::now() < deadline {
+        origin.set_mode(if flips % 2 == 0 {
+            Mode::Status500
+        } else {
+            Mode::Normal
+        });
+        flips += 1;
+        for _ in 0..10 {
+            assert_eq!(edge.get_with_token("/", &token).await.status(), 200);
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert!(
+        edge.metric(r#"epochgate_origin_requests_total{endpoint="revocations",outcome="error"}"#)
+            .await
+            >= 1.0
+    );
+}
+
+#[tokio::test]
+async fn oversized_body_is_an_error_and_the_edge_survives() {
+    let origin = TestOrigin::start().await;
+    origin.set_mode(Mode::Huge);
+    let upstream = Upstream::start().await;
+    let edge = Edge::start(&origin, &upstream).await;
+
+    assert_eq!(
+        edge.get_with_token("/", &origin.token("big", "tv"))
+            .await
+            .status(),
+        503
+    );
+    assert_eq!(
+        edge.metric(r#"epochgate_origin_requests_total{endpoint="revocations",outcome="error"}"#)
+            .await,
+        1.0
+    );
+    origin.set_mode(Mode::Normal);
+    assert_eq!(
+        edge.get_with_token("/", &origin.token("big", "tv"))
+            .await
+            .status(),
+        200
+    );
+    assert!(edge.log().contains("larger than"), "{}", edge.log());
+}
+
+#[tokio::test]
+async fn origin_errors_are_logged_once_per_interval_without_tokens() {
+    let origin = TestOrigin::start().await;
+    origin.set_mode(Mode::Status500);
+    let upstream = Upstream::start().await;
+    let edge = Edge::start(&origin, &upstream).await;
+
+    let mut tokens = Vec::new();
+    for i in 0..40 {
+        let token = origin.token(&format!("cold-{i}"), "tv");
+        assert_eq!(edge.get_with_token("/", &token).await.status(), 503);
+        tokens.push(token);
+    }
+    let log = edge.log();
+    let lines = log.matches("revocation lookup failed").count();
+    assert!(
+        (1..=2).contains(&lines),
+        "{lines} log lines for 40 failures:\n{log}"
+    );
+    for token in &tokens {
+        assert!(!log.contains(token.rsplit('.').next().unwrap()));
+    }
+}
+
+#[tokio::test]
+async fn jwks_down_later_keeps_the_last_good_keys() {
+    let origin = TestOrigin::start().await;
+    let upstream = Upstream::start().await;
+    let edge = Edge::spawn_full(
+        &origin.url(),
+        "  jwks_refresh: 1s\n",
+        upstream.addr,
+        DEFAULT_CACHE,
+        "",
+    );
+    edge.wait_ready().await;
+
+    origin.set_jwks_down(true);
+    let before = origin.jwks_requests();
+    eventually(Duration::from_secs(10), "failed JWKS refreshes", || async {
+        (origin.jwks_requests() >= before + 2).then_some(())
+    })
+    .await;
+    assert_eq!(
+        edge.get_with_token("/", &origin.token("alice", "tv"))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(edge.readiness().await["ready"], true);
+    assert_eq!(edge.metric("epochgate_jwks_keys").await, 1.0);
+}
+
+#[tokio::test]
+async fn rotated_key_is_accepted_after_one_jwks_fetch() {
+    let origin = TestOrigin::start().await;
+    let upstream = Upstream::start().await;
+    let edge = Edge::start(&origin, &upstream).await;
+
+    let rotated =
+        epochgate::reference::signing::SigningKey::generate_es256("test-es256-next").unwrap();
+    origin.set_jwks(vec![origin.key.jwk().clone(), rotated.jwk().clone()]);
+    let before = origin.jwks_requests();
+    let token = rotated.sign(&claims("alice", "tv", now())).unwrap();
+    assert_eq!(edge.get_with_token("/", &token).await.status(), 200);
+    assert_eq!(origin.jwks_requests(), before + 1);
+    assert_eq!(edge.get_with_token("/", &token).await.status(), 200);
+    assert_eq!(origin.jwks_requests(), before + 1);
+}
+
+#[tokio::test]
+async fn flood_of_random_kids_fetches_the_jwks_at_most_once_per_10_s() {
+    let origin = TestOrigin::start().await;
+    let upstream = Upstream::start().await;
+    let edge = Edge::start(&origin, &upstream).await;
+
+    let before = origin.jwks_requests();
+    let started = Instant::now();
+    for i in 0..300 {
+        let forger =
+            epochgate::reference::signing::SigningKey::generate_es256(&format!("random-kid-{i}"))
+                .unwrap();
+        let token = forger.sign(&claims("alice", "tv", now())).unwrap();
+        assert_eq!(edge.get_with_token("/", &token).await.status(), 401);
+    }
+    let windows = started.elapsed().as_secs() / 10 + 1;
+    let fetched = origin.jwks_requests() - before;
+    assert!(
+        fetched <= windows,
+        "{fetched} JWKS fetches in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(origin.revocation_requests(), 0);
+}

@@ -498,6 +498,17 @@ impl Edge {
             cache,
             extra,
         );
+        Edge::spawn_config(dir, proxy, admin, |_| config)
+    }
+
+    /// Starts the process with a config of the caller's making (`make` gets the temp dir).
+    pub fn spawn_config(
+        dir: tempfile::TempDir,
+        proxy: u16,
+        admin: u16,
+        make: impl FnOnce(&std::path::Path) -> String,
+    ) -> Edge {
+        let config = make(dir.path());
         let config_path = dir.path().join("epochgate.yaml");
         std::fs::write(&config_path, config).unwrap();
         let log = std::fs::File::create(dir.path().join("edge.log")).unwrap();
@@ -624,6 +635,16 @@ impl Edge {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Sends a signal by name (`TERM`, `QUIT`, ...).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
     }
 
     pub fn config_path(&self) -> PathBuf {

@@ -161,6 +161,13 @@ struct TokenFile {
     time_claim: String,
     #[serde(default)]
     keys: KeysFile,
+    /// Tokens remembered as verified (0 turns the verified-token cache off).
+    #[serde(default = "default_verified_cache_entries")]
+    verified_cache_entries: u64,
+}
+
+fn default_verified_cache_entries() -> u64 {
+    100_000
 }
 
 fn default_sources() -> Vec<SourceFile> {
@@ -381,6 +388,7 @@ pub struct TokenSettings {
     pub device_claim: String,
     pub time_claim: String,
     pub keys: KeySource,
+    pub verified_cache_entries: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -640,6 +648,7 @@ impl TokenFile {
             device_claim: self.device_claim,
             time_claim: self.time_claim,
             keys,
+            verified_cache_entries: self.verified_cache_entries,
         })
     }
 }

@@ -237,6 +237,11 @@ impl KeyStore {
         }
     }
 
+    /// Changes whenever a new key set is loaded (verifications against an older one are stale).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
     pub fn uses_jwks(&self) -> bool {
         self.jwks.is_some()
     }

@@ -20,6 +20,31 @@ pub struct VerifiedToken {
     pub device: String,
     /// The session time (`iat` or the configured claim), Unix seconds.
     pub session_time: u64,
+    /// The `exp` claim, Unix seconds.
+    pub expires_at: u64,
+}
+
+/// A token verified before: its claims, and the key set it was verified against.
+struct Remembered {
+    token: VerifiedToken,
+    key_generation: u64,
+}
+
+/// Entries of the verified-token cache live until their token's `exp`, never longer.
+struct UntilExpiry;
+
+impl moka::Expiry<Arc<str>, Arc<Remembered>> for UntilExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &Arc<str>,
+        value: &Arc<Remembered>,
+        _created_at: std::time::Instant,
+    ) -> Option<std::time::Duration> {
+        let now = crate::unix_millis() / 1000;
+        Some(std::time::Duration::from_secs(
+            value.token.expires_at.saturating_sub(now),
+        ))
+    }
 }
 
 /// Why verification did not produce a token.
@@ -39,6 +64,9 @@ impl From<InvalidToken> for VerifyError {
 /// Verifies tokens against a [`KeyStore`] with one prepared `Validation` per algorithm.
 pub struct Verifier {
     keys: Arc<KeyStore>,
+    /// Tokens already verified, keyed by the whole token (so no other token can ever hit an
+    /// entry), bounded, each entry gone at its token's `exp`. `None` when disabled.
+    verified: Option<moka::sync::Cache<Arc<str>, Arc<Remembered>>>,
     validations: HashMap<Algorithm, Validation>,
     account_claim: String,
     device_claim: String,
@@ -76,8 +104,15 @@ impl Verifier {
                 (*alg, v)
             })
             .collect();
+        let verified = (settings.verified_cache_entries > 0).then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(settings.verified_cache_entries)
+                .expire_after(UntilExpiry)
+                .build()
+        });
         Verifier {
             keys,
+            verified,
             validations,
             account_claim: settings.account_claim.clone(),
             device_claim: settings.device_claim.clone(),
@@ -94,6 +129,31 @@ impl Verifier {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(InvalidToken::TooLong.into());
         }
+        if let Some(known) = self.remembered(token) {
+            return Ok(known);
+        }
+        let verified = self.verify_signature_and_claims(token).await?;
+        if let Some(cache) = &self.verified {
+            cache.insert(
+                Arc::from(token),
+                Arc::new(Remembered {
+                    token: verified.clone(),
+                    key_generation: self.keys.generation(),
+                }),
+            );
+        }
+        Ok(verified)
+    }
+
+    /// A token verified before, against the key set still in use, and not yet expired.
+    fn remembered(&self, token: &str) -> Option<VerifiedToken> {
+        let hit = self.verified.as_ref()?.get(token)?;
+        let now = crate::unix_millis() / 1000;
+        (hit.key_generation == self.keys.generation() && now < hit.token.expires_at)
+            .then(|| hit.token.clone())
+    }
+
+    async fn verify_signature_and_claims(&self, token: &str) -> Result<VerifiedToken, VerifyError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| InvalidToken::Malformed)?;
         let Some(validation) = self.validations.get(&header.alg) else {
             return Err(InvalidToken::AlgorithmNotAllowed.into());
@@ -129,6 +189,7 @@ impl Verifier {
             account: string_claim(&claims, &self.account_claim)?,
             device: string_claim(&claims, &self.device_claim)?,
             session_time: time_claim(&claims, &self.time_claim)?,
+            expires_at: time_claim(&claims, "exp")?,
         })
     }
 }

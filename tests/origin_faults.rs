@@ -226,3 +226,37 @@ async fn flood_of_random_kids_fetches_the_jwks_at_most_once_per_10_s() {
     );
     assert_eq!(origin.revocation_requests(), 0);
 }
+
+#[tokio::test]
+async fn key_removed_from_the_jwks_stops_verifying_even_remembered_tokens() {
+    let origin = TestOrigin::start().await;
+    let retiring = epochgate::reference::signing::SigningKey::generate_es256("retiring").unwrap();
+    origin.set_jwks(vec![origin.key.jwk().clone(), retiring.jwk().clone()]);
+    let upstream = Upstream::start().await;
+    let edge = Edge::spawn_full(
+        &origin.url(),
+        "  jwks_refresh: 1s\n",
+        upstream.addr,
+        DEFAULT_CACHE,
+        "",
+    );
+    edge.wait_ready().await;
+
+    let token = retiring.sign(&claims("alice", "tv", now())).unwrap();
+    assert_eq!(edge.get_with_token("/", &token).await.status(), 200);
+    assert_eq!(
+        edge.get_with_token("/", &token).await.status(),
+        200,
+        "remembered as verified"
+    );
+    origin.set_jwks(vec![origin.key.jwk().clone()]);
+    eventually(
+        Duration::from_secs(10),
+        "the retired key to stop verifying",
+        || {
+            let (edge, token) = (&edge, &token);
+            async move { (edge.get_with_token("/", token).await.status() == 401).then_some(()) }
+        },
+    )
+    .await;
+}

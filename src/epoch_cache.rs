@@ -4,47 +4,63 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::future::{BoxFuture, FutureExt, Shared};
 
 use crate::config::CacheSettings;
 use crate::metrics::{CacheResult, Metrics};
 use crate::origin::{OriginClient, OriginError};
-use crate::revocation::RevocationRecord;
+use crate::revocation::{RevocationRecord, Standing};
 
 /// After a failed background refresh, the next attempt for that account waits this long,
 /// so a down origin sees one retry per account per second, not one per request.
 const REFRESH_RETRY: Duration = Duration::from_secs(1);
 
-/// A record and when the origin last confirmed it.
+/// A record and when the origin last confirmed it. Kept compact (64 bytes with its `Arc`):
+/// an edge holds a million of these, and most accounts have no device epochs at all.
 #[derive(Debug)]
 pub struct CachedRecord {
-    pub record: RevocationRecord,
-    confirmed_at: Instant,
-    /// `confirmed_at` on the [`crate::monotonic_millis`] clock, to compare with feed state.
+    epoch: u64,
+    /// Per-device epochs; `None` for the common account without any.
+    devices: Option<Box<HashMap<String, u64>>>,
+    /// When the origin (or the feed) last confirmed it, on the [`crate::monotonic_millis`] clock.
     confirmed_at_ms: u64,
+    last_attempt_ms: AtomicU64,
     /// Set while a background refresh of this entry is running or waiting to retry.
     refresh_claimed: AtomicBool,
     /// Must be checked with the origin before its next use (the feed may have lost a change).
     forced_due: AtomicBool,
-    last_attempt_ms: AtomicU64,
 }
 
 impl CachedRecord {
     fn new(record: RevocationRecord) -> Self {
         CachedRecord {
-            record,
-            confirmed_at: Instant::now(),
+            epoch: record.epoch,
+            devices: (!record.devices.is_empty()).then(|| Box::new(record.devices)),
             confirmed_at_ms: crate::monotonic_millis(),
+            last_attempt_ms: AtomicU64::new(0),
             refresh_claimed: AtomicBool::new(false),
             forced_due: AtomicBool::new(false),
-            last_attempt_ms: AtomicU64::new(0),
         }
     }
 
     pub fn age(&self) -> Duration {
-        self.confirmed_at.elapsed()
+        Duration::from_millis(crate::monotonic_millis().saturating_sub(self.confirmed_at_ms))
+    }
+
+    /// Whether a token of this device, issued at this time, survives the record.
+    pub fn standing(&self, device: &str, session_time: u64) -> Standing {
+        let device_epoch = self.devices.as_ref().and_then(|d| d.get(device).copied());
+        RevocationRecord::standing_of(self.epoch, device_epoch, session_time)
+    }
+
+    /// The record as the protocol describes it.
+    pub fn record(&self) -> RevocationRecord {
+        RevocationRecord {
+            epoch: self.epoch,
+            devices: self.devices.as_deref().cloned().unwrap_or_default(),
+        }
     }
 }
 
@@ -280,7 +296,7 @@ impl Inner {
             .entry_by_ref(account)
             .and_upsert_with(|existing| {
                 let merged = match existing {
-                    Some(old) => old.value().record.merged(&record),
+                    Some(old) => old.value().record().merged(&record),
                     None => record,
                 };
                 std::future::ready(Arc::new(CachedRecord::new(merged)))

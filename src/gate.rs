@@ -141,10 +141,7 @@ impl Gate {
                 }
             }
         };
-        match record
-            .record
-            .standing(&verified.device, verified.session_time)
-        {
+        match record.standing(&verified.device, verified.session_time) {
             Standing::Valid => Decision::Allow {
                 account: verified.account,
                 device: verified.device,

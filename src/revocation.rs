@@ -26,9 +26,14 @@ impl RevocationRecord {
     /// device's epoch. A token issued in the epoch's own second is valid: the auth origin
     /// sets the epoch to the second after the sign-out so that this holds.
     pub fn standing(&self, device: &str, session_time: u64) -> Standing {
-        if session_time < self.epoch {
+        RevocationRecord::standing_of(self.epoch, self.devices.get(device).copied(), session_time)
+    }
+
+    /// The rule itself, for an account epoch and this device's epoch (if it has one).
+    pub fn standing_of(epoch: u64, device_epoch: Option<u64>, session_time: u64) -> Standing {
+        if session_time < epoch {
             Standing::SignedOut
-        } else if self.devices.get(device).is_some_and(|&e| session_time < e) {
+        } else if device_epoch.is_some_and(|e| session_time < e) {
             Standing::DeviceSignedOut
         } else {
             Standing::Valid

@@ -1,0 +1,81 @@
+//! What a million cached accounts cost: fills the epoch cache with N accounts (no devices,
+//! as most accounts are) and prints the process RSS before and after.
+//!
+//! ```text
+//! cargo run --release --example cache_memory -- 1000000
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use epochgate::config::{AuthOriginSettings, CacheSettings, FeedSettings, OnOriginUnavailable};
+use epochgate::epoch_cache::EpochCache;
+use epochgate::metrics::Metrics;
+use epochgate::origin::OriginClient;
+use epochgate::revocation::RevocationRecord;
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .map(str::to_string)
+        })
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let n: u64 = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
+    let metrics = Arc::new(Metrics::new());
+    let origin = Arc::new(
+        OriginClient::new(
+            &AuthOriginSettings {
+                url: "http://127.0.0.1:9".into(),
+                timeout: Duration::from_millis(250),
+                jwks_refresh: Duration::from_secs(300),
+                feed: FeedSettings {
+                    enabled: false,
+                    idle_timeout: Duration::from_secs(45),
+                    unsupported_retry: Duration::from_secs(300),
+                },
+            },
+            metrics.clone(),
+        )
+        .unwrap(),
+    );
+    let cache = EpochCache::new(
+        CacheSettings {
+            max_accounts: n,
+            refresh_after: Duration::from_secs(30),
+            max_stale: Duration::from_secs(600),
+            on_origin_unavailable: OnOriginUnavailable::Deny,
+        },
+        origin,
+        metrics,
+    );
+    let before = rss_kib();
+    for i in 0..n {
+        // Account ids shaped like real ones: 16 to 24 characters.
+        cache
+            .merge(
+                &format!("account-{i:016}"),
+                RevocationRecord {
+                    epoch: 1_732_200_000 + i,
+                    devices: Default::default(),
+                },
+            )
+            .await;
+    }
+    let entries = cache.entry_count().await;
+    let after = rss_kib();
+    println!(
+        "{entries} accounts cached: RSS {before} KiB -> {after} KiB, {:.0} bytes per account",
+        (after - before) as f64 * 1024.0 / entries as f64
+    );
+}

@@ -1,5 +1,7 @@
 //! Finding the device token in a request (header, query parameter, cookie) and removing it.
 
+use std::borrow::Cow;
+
 use http::{HeaderMap, Uri};
 
 use crate::config::TokenSource;
@@ -7,11 +9,12 @@ use crate::config::TokenSource;
 /// Longest token the gate will look at; anything longer is rejected without parsing.
 pub const MAX_TOKEN_BYTES: usize = 8192;
 
-/// What the first source with a value found.
+/// What the first source with a value found. The token borrows from the request where it can:
+/// this runs on every request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Found {
+pub enum Found<'a> {
     /// A token, and the index of the source it came from.
-    Token { token: String, source: usize },
+    Token { token: Cow<'a, str>, source: usize },
     /// The source had a value but it cannot be a token.
     Unusable { source: usize, why: Unusable },
 }
@@ -25,7 +28,11 @@ pub enum Unusable {
 }
 
 /// Tries each configured source in order; the first one that has a value wins.
-pub fn find_token(sources: &[TokenSource], headers: &HeaderMap, uri: &Uri) -> Option<Found> {
+pub fn find_token<'a>(
+    sources: &[TokenSource],
+    headers: &'a HeaderMap,
+    uri: &'a Uri,
+) -> Option<Found<'a>> {
     sources.iter().enumerate().find_map(|(index, source)| {
         let raw = match source {
             TokenSource::Header { name, prefix } => header_value(headers, name, prefix.as_deref()),
@@ -46,11 +53,11 @@ pub fn find_token(sources: &[TokenSource], headers: &HeaderMap, uri: &Uri) -> Op
 }
 
 /// `None`: the source has no value. `Some(None)`: it has one too long to look at.
-fn header_value(
-    headers: &HeaderMap,
+fn header_value<'a>(
+    headers: &'a HeaderMap,
     name: &http::HeaderName,
     prefix: Option<&str>,
-) -> Option<Option<String>> {
+) -> Option<Option<Cow<'a, str>>> {
     let value = headers.get(name)?;
     if value.len() > MAX_TOKEN_BYTES + prefix.map_or(0, str::len) + 64 {
         return Some(None);
@@ -58,7 +65,7 @@ fn header_value(
     // Not visible ASCII: cannot be a JWT; an empty value says so downstream as malformed.
     let text = value.to_str().map(str::trim).unwrap_or("");
     match prefix {
-        None => Some(Some(text.to_string())),
+        None => Some(Some(Cow::Borrowed(text))),
         Some(prefix) => {
             let scheme = prefix.trim_end();
             // `Bearer <jwt>`: the scheme is case-insensitive and any run of spaces may follow it.
@@ -71,22 +78,22 @@ fn header_value(
             if prefix.len() > scheme.len() && !rest.starts_with([' ', '\t']) {
                 return None;
             }
-            Some(Some(rest.trim_start().to_string()))
+            Some(Some(Cow::Borrowed(rest.trim_start())))
         }
     }
 }
 
-fn query_value(uri: &Uri, name: &str) -> Option<Option<String>> {
+fn query_value<'a>(uri: &'a Uri, name: &str) -> Option<Option<Cow<'a, str>>> {
     let query = uri.query()?;
     if query.len() > 4 * MAX_TOKEN_BYTES && !query.contains(name) {
         return None;
     }
     form_urlencoded::parse(query.as_bytes())
         .find(|(k, _)| k == name)
-        .map(|(_, v)| Some(v.into_owned()))
+        .map(|(_, v)| Some(v))
 }
 
-fn cookie_value(headers: &HeaderMap, name: &str) -> Option<Option<String>> {
+fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<Option<Cow<'a, str>>> {
     for header in headers.get_all(http::header::COOKIE) {
         let Ok(text) = header.to_str() else {
             continue;
@@ -94,7 +101,7 @@ fn cookie_value(headers: &HeaderMap, name: &str) -> Option<Option<String>> {
         for pair in text.split(';') {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             if k.trim() == name {
-                return Some(Some(v.trim().trim_matches('"').to_string()));
+                return Some(Some(Cow::Borrowed(v.trim().trim_matches('"'))));
             }
         }
     }
@@ -156,7 +163,7 @@ mod tests {
         ]
     }
 
-    fn find(headers: &[(&str, &str)], uri: &str) -> Option<Found> {
+    fn find(headers: &[(&str, &str)], uri: &str) -> Option<Found<'static>> {
         let mut map = HeaderMap::new();
         for (k, v) in headers {
             map.append(
@@ -164,12 +171,19 @@ mod tests {
                 HeaderValue::from_str(v).unwrap(),
             );
         }
-        find_token(&sources(), &map, &uri.parse().unwrap())
+        let uri: Uri = uri.parse().unwrap();
+        match find_token(&sources(), &map, &uri)? {
+            Found::Token { token, source } => Some(Found::Token {
+                token: Cow::Owned(token.into_owned()),
+                source,
+            }),
+            Found::Unusable { source, why } => Some(Found::Unusable { source, why }),
+        }
     }
 
-    fn token(t: &str, source: usize) -> Option<Found> {
+    fn token(t: &str, source: usize) -> Option<Found<'_>> {
         Some(Found::Token {
-            token: t.into(),
+            token: Cow::Borrowed(t),
             source,
         })
     }

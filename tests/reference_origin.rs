@@ -185,3 +185,27 @@ fn demo_walkthrough_runs_and_shows_the_rejection() {
         "{out}"
     );
 }
+
+#[tokio::test]
+async fn check_endpoint_answers_204_then_401_after_sign_out() {
+    let reference = Reference::start().await;
+    let token = reference.sign_in("alice", "tv").await;
+    let check = |token: String| {
+        let client = reference.client.clone();
+        let url = format!("{}/v1/check", reference.url);
+        async move {
+            client
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(check(token.clone()).await, 204);
+    assert_eq!(check("forged.token.here".into()).await, 401);
+    reference.post("/v1/accounts/alice/signout-all", None).await;
+    assert_eq!(check(token).await, 401);
+}

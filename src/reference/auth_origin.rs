@@ -92,6 +92,7 @@ impl AuthOrigin {
             .route("/v1/revocations/{account_id}", get(revocation))
             .route("/v1/revocation-feed", get(revocation_feed))
             .route("/v1/signin", post(signin))
+            .route("/v1/check", get(check))
             .route("/v1/accounts/{account_id}/signout-all", post(signout_all))
             .route(
                 "/v1/accounts/{account_id}/devices/{device_id}/signout",
@@ -194,6 +195,27 @@ impl AuthOrigin {
         }
     }
 
+    /// Whether a bearer token is one of ours, unexpired, and issued after every sign-out that
+    /// applies to it: what an `auth_request`-style proxy asks on every request.
+    pub fn check_token(&self, token: &str) -> bool {
+        let Ok(jwk) = serde_json::from_value::<jsonwebtoken::jwk::Jwk>(self.key.jwk().clone())
+        else {
+            return false;
+        };
+        let Ok(key) = jsonwebtoken::DecodingKey::from_jwk(&jwk) else {
+            return false;
+        };
+        let mut validation = jsonwebtoken::Validation::new(self.key.alg);
+        validation.set_issuer(&[&self.issuer]);
+        validation.set_audience(&[&self.audience]);
+        let Ok(data) = jsonwebtoken::decode::<DeviceClaims>(token, &key, &validation) else {
+            return false;
+        };
+        let claims = data.claims;
+        let record = self.record(&claims.sub).unwrap_or_default();
+        record.standing(&claims.did, claims.iat) == crate::revocation::Standing::Valid
+    }
+
     pub fn jwks(&self) -> serde_json::Value {
         serde_json::json!({ "keys": [self.key.jwk()] })
     }
@@ -255,6 +277,26 @@ fn revocation_event((seq, data): FeedEntry) -> Event {
         .event("revocation")
         .id(seq.to_string())
         .data(data.as_ref())
+}
+
+/// `GET /v1/check` with `Authorization: Bearer <token>`: 204 when the token is valid and not
+/// signed out, 401 otherwise (for proxies that ask the auth service on every request).
+async fn check(
+    State(origin): State<Arc<AuthOrigin>>,
+    headers: axum::http::HeaderMap,
+) -> StatusCode {
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.get(..7)
+                .filter(|p| p.eq_ignore_ascii_case("bearer "))
+                .map(|_| v[7..].trim())
+        });
+    match token {
+        Some(token) if origin.check_token(token) => StatusCode::NO_CONTENT,
+        _ => StatusCode::UNAUTHORIZED,
+    }
 }
 
 async fn signin(

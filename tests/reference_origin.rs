@@ -3,7 +3,6 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use common::*;
 use epochgate::reference::auth_origin::AuthOrigin;
@@ -54,15 +53,6 @@ impl Reference {
 
 const FAST_REFRESH: &str = "  refresh_after: 1s\n  max_stale: 10m\n";
 
-async fn until_status(edge: &Edge, token: &str, status: u16) {
-    eventually(
-        Duration::from_secs(10),
-        &format!("HTTP {status}"),
-        || async move { (edge.get_with_token("/", token).await.status() == status).then_some(()) },
-    )
-    .await;
-}
-
 #[tokio::test]
 async fn sign_out_reaches_the_edge_by_the_reference_feed() {
     let reference = Reference::start().await;
@@ -73,7 +63,7 @@ async fn sign_out_reaches_the_edge_by_the_reference_feed() {
     let tv = reference.sign_in("alice", "tv").await;
     assert_eq!(edge.get_with_token("/", &tv).await.status(), 200);
     reference.post("/v1/accounts/alice/signout-all", None).await;
-    until_status(&edge, &tv, 401).await;
+    edge.until_status(&tv, 401).await;
     assert_eq!(
         reference
             .origin
@@ -95,7 +85,7 @@ async fn sign_out_all_revokes_every_device_and_sign_in_again_works_at_once() {
     assert_eq!(edge.get_with_token("/", &tv).await.status(), 200);
 
     reference.post("/v1/accounts/alice/signout-all", None).await;
-    until_status(&edge, &tv, 401).await;
+    edge.until_status(&tv, 401).await;
     assert_eq!(edge.get_with_token("/", &phone).await.status(), 401);
 
     // Same second as the sign-out, very likely: the new token must still be valid.
@@ -115,7 +105,7 @@ async fn device_sign_out_keeps_the_other_devices() {
     reference
         .post("/v1/accounts/alice/devices/tv/signout", None)
         .await;
-    until_status(&edge, &tv, 401).await;
+    edge.until_status(&tv, 401).await;
     let body = rejection(edge.get_with_token("/", &tv).await, 401).await;
     assert_eq!(body["error"], "device_signed_out");
     assert_eq!(edge.get_with_token("/", &phone).await.status(), 200);
@@ -149,7 +139,7 @@ async fn account_ids_are_percent_encoded_on_the_way_to_the_origin() {
             None,
         )
         .await;
-    until_status(&edge, &token, 401).await;
+    edge.until_status(&token, 401).await;
     assert!(
         reference
             .origin

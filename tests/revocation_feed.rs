@@ -9,34 +9,31 @@ use common::*;
 
 const FEED_RETRY_FAST: &str = "  feed_unsupported_retry: 1s\n";
 
+/// An origin offering the feed, an upstream, and an edge whose feed is connected.
+async fn connected() -> (TestOrigin, Upstream, Edge) {
+    let origin = TestOrigin::start().await;
+    origin.enable_feed();
+    let upstream = Upstream::start().await;
+    let edge = edge_with_feed(&origin, &upstream, DEFAULT_CACHE).await;
+    edge.wait_feed("connected").await;
+    (origin, upstream, edge)
+}
+
 async fn edge_with_feed(origin: &TestOrigin, upstream: &Upstream, cache: &str) -> Edge {
     let edge = Edge::spawn_full(&origin.url(), FEED_RETRY_FAST, upstream.addr, cache, "");
     edge.wait_ready().await;
     edge
 }
 
-async fn until_status(edge: &Edge, token: &str, status: u16) {
-    eventually(
-        Duration::from_secs(10),
-        &format!("HTTP {status}"),
-        || async move { (edge.get_with_token("/", token).await.status() == status).then_some(()) },
-    )
-    .await;
-}
-
 #[tokio::test]
 async fn pushed_sign_out_takes_effect_without_an_origin_request() {
-    let origin = TestOrigin::start().await;
-    origin.enable_feed();
-    let upstream = Upstream::start().await;
-    let edge = edge_with_feed(&origin, &upstream, DEFAULT_CACHE).await;
-    edge.wait_feed("connected").await;
+    let (origin, _upstream, edge) = connected().await;
 
     let token = origin.token("alice", "tv");
     assert_eq!(edge.get_with_token("/", &token).await.status(), 200);
     assert_eq!(origin.revocation_requests(), 1);
     origin.feed_revocation(1, "alice", now(), &[]);
-    until_status(&edge, &token, 401).await;
+    edge.until_status(&token, 401).await;
     assert_eq!(
         origin.revocation_requests(),
         1,
@@ -57,27 +54,19 @@ async fn pushed_sign_out_takes_effect_without_an_origin_request() {
 
 #[tokio::test]
 async fn pushed_device_sign_out_applies_to_that_device_only() {
-    let origin = TestOrigin::start().await;
-    origin.enable_feed();
-    let upstream = Upstream::start().await;
-    let edge = edge_with_feed(&origin, &upstream, DEFAULT_CACHE).await;
-    edge.wait_feed("connected").await;
+    let (origin, _upstream, edge) = connected().await;
 
     let tv = origin.token("alice", "tv");
     let phone = origin.token("alice", "phone");
     assert_eq!(edge.get_with_token("/", &tv).await.status(), 200);
     origin.feed_revocation(1, "alice", 0, &[("tv", now())]);
-    until_status(&edge, &tv, 401).await;
+    edge.until_status(&tv, 401).await;
     assert_eq!(edge.get_with_token("/", &phone).await.status(), 200);
 }
 
 #[tokio::test]
 async fn feed_resumes_with_last_event_id_after_the_origin_drops_it() {
-    let origin = TestOrigin::start().await;
-    origin.enable_feed();
-    let upstream = Upstream::start().await;
-    let edge = edge_with_feed(&origin, &upstream, DEFAULT_CACHE).await;
-    edge.wait_feed("connected").await;
+    let (origin, _upstream, edge) = connected().await;
 
     let token = origin.token("alice", "tv");
     assert_eq!(edge.get_with_token("/", &token).await.status(), 200);
@@ -103,17 +92,13 @@ async fn feed_resumes_with_last_event_id_after_the_origin_drops_it() {
     edge.wait_feed("connected").await;
     // The resumed connection delivers what follows.
     origin.feed_revocation(43, "alice", now(), &[]);
-    until_status(&edge, &token, 401).await;
+    edge.until_status(&token, 401).await;
     assert!(edge.metric("epochgate_feed_reconnects_total").await >= 1.0);
 }
 
 #[tokio::test]
 async fn reset_makes_every_cached_record_due_for_refresh() {
-    let origin = TestOrigin::start().await;
-    origin.enable_feed();
-    let upstream = Upstream::start().await;
-    let edge = edge_with_feed(&origin, &upstream, DEFAULT_CACHE).await;
-    edge.wait_feed("connected").await;
+    let (origin, _upstream, edge) = connected().await;
 
     let token = origin.token("alice", "tv");
     assert_eq!(edge.get_with_token("/", &token).await.status(), 200);
@@ -125,7 +110,7 @@ async fn reset_makes_every_cached_record_due_for_refresh() {
         "covered by the feed, not refetched"
     );
     origin.feed_send("event: reset\ndata: {}\n\n");
-    until_status(&edge, &token, 401).await;
+    edge.until_status(&token, 401).await;
     assert_eq!(
         edge.metric(r#"epochgate_feed_events_total{event="reset"}"#)
             .await,
@@ -136,11 +121,7 @@ async fn reset_makes_every_cached_record_due_for_refresh() {
 
 #[tokio::test]
 async fn malformed_events_are_skipped_counted_and_the_connection_survives() {
-    let origin = TestOrigin::start().await;
-    origin.enable_feed();
-    let upstream = Upstream::start().await;
-    let edge = edge_with_feed(&origin, &upstream, DEFAULT_CACHE).await;
-    edge.wait_feed("connected").await;
+    let (origin, _upstream, edge) = connected().await;
 
     let token = origin.token("alice", "tv");
     assert_eq!(edge.get_with_token("/", &token).await.status(), 200);
@@ -154,7 +135,7 @@ async fn malformed_events_are_skipped_counted_and_the_connection_survives() {
     huge.extend_from_slice(b"\n\n");
     origin.feed_send(huge);
     origin.feed_revocation(5, "alice", now(), &[]);
-    until_status(&edge, &token, 401).await;
+    edge.until_status(&token, 401).await;
     assert_eq!(
         edge.metric(r#"epochgate_feed_events_total{event="malformed"}"#)
             .await,
@@ -185,7 +166,7 @@ async fn origin_restart_is_survived() {
     .await;
     edge.wait_feed("connected").await;
     origin.feed_revocation(1, "alice", now(), &[]);
-    until_status(&edge, &token, 401).await;
+    edge.until_status(&token, 401).await;
 }
 
 #[tokio::test]
@@ -208,7 +189,7 @@ async fn without_a_feed_the_edge_polls_and_says_unsupported() {
     let token = origin.token("alice", "tv");
     assert_eq!(edge.get_with_token("/", &token).await.status(), 200);
     origin.set_record("alice", now(), &[]);
-    until_status(&edge, &token, 401).await;
+    edge.until_status(&token, 401).await;
     let log = edge.log();
     assert_eq!(
         log.matches("offers no revocation feed").count(),

@@ -561,6 +561,14 @@ impl Edge {
         r.json().await.unwrap()
     }
 
+    /// Sends the token again and again until the edge answers `status` (10 s at most).
+    pub async fn until_status(&self, token: &str, status: u16) {
+        eventually(Duration::from_secs(10), &format!("HTTP {status}"), || async move {
+            (self.get_with_token("/", token).await.status() == status).then_some(())
+        })
+        .await;
+    }
+
     /// Waits until `/readyz` reports this feed state.
     pub async fn wait_feed(&self, state: &str) {
         eventually(

@@ -54,6 +54,11 @@ impl ProxyHttp for MyProxy {
         }
     }
 
+    /// Pingora's error lines describe the request with this: keep tokens (query strings) out.
+    fn request_summary(&self, session: &Session, _ctx: &Self::CTX) -> String {
+        epochgate::proxy::redacted_summary(session.req_header())
+    }
+
     async fn upstream_peer(
         &self,
         _session: &mut Session,

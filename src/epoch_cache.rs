@@ -160,12 +160,24 @@ impl EpochCache {
             let age = entry.age();
             if inner.coverage.due(&entry) {
                 // The feed may have lost a change for it: check with the origin before use,
-                // but survive an origin outage on the record we have, up to max_stale.
+                // but survive an origin outage on the record we have, up to max_stale. A check
+                // that failed less than REFRESH_RETRY ago is not repeated for every request.
                 inner.metrics.count_lookup(CacheResult::Miss);
-                return match self.fetch(account).await {
+                let now = crate::unix_millis();
+                let failed_recently = now
+                    .saturating_sub(entry.last_attempt_ms.load(Ordering::Relaxed))
+                    < REFRESH_RETRY.as_millis() as u64;
+                let checked = if failed_recently {
+                    Err(())
+                } else {
+                    self.fetch(account).await.map_err(|_| {
+                        entry.last_attempt_ms.store(now, Ordering::Relaxed);
+                    })
+                };
+                return match checked {
                     Ok(fresh) => Lookup::Fresh(fresh),
-                    Err(_) if age < inner.settings.max_stale => Lookup::Stale(entry),
-                    Err(_) => Lookup::Unavailable,
+                    Err(()) if age < inner.settings.max_stale => Lookup::Stale(entry),
+                    Err(()) => Lookup::Unavailable,
                 };
             }
             // With the feed vouching for it, a record stays fresh until max_stale (a safety
@@ -198,10 +210,22 @@ impl EpochCache {
         self.inner.cache.entry_count()
     }
 
-    /// Marks one account's record as needing a check with the origin before its next use.
+    /// Marks one account's record as needing a check with the origin before its next use,
+    /// including the record a lookup under way is about to bring (it may predate the change).
     pub async fn mark_due(&self, account: &str) {
         if let Some(entry) = self.inner.cache.get(account).await {
             entry.forced_due.store(true, Ordering::Release);
+        }
+        let in_flight = match self.inner.in_flight.lock() {
+            Ok(map) => map.get(account).cloned(),
+            Err(poisoned) => poisoned.into_inner().get(account).cloned(),
+        };
+        if let Some(flight) = in_flight {
+            tokio::spawn(async move {
+                if let Ok(entry) = flight.await {
+                    entry.forced_due.store(true, Ordering::Release);
+                }
+            });
         }
     }
 

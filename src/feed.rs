@@ -115,6 +115,14 @@ pub struct SseParser {
 }
 
 impl SseParser {
+    /// A parser for a new connection: nothing half-read carries over, only the id to resume from.
+    pub fn resuming(last_event_id: Option<String>) -> SseParser {
+        SseParser {
+            last_event_id,
+            ..SseParser::default()
+        }
+    }
+
     pub fn last_event_id(&self) -> Option<&str> {
         self.last_event_id.as_deref()
     }
@@ -393,6 +401,7 @@ impl BackgroundService for FeedService {
                 self.gate.metrics().feed_reconnects.inc();
             }
             attempts += 1;
+            parser = SseParser::resuming(parser.last_event_id.take());
             let started = Instant::now();
             let wait = match self.run_connection(&mut parser, &mut shutdown).await {
                 Ok(Connection::Unsupported) => {
@@ -460,6 +469,15 @@ mod tests {
             p.push(b": ping\r\n\r\ndata: x\r\ndata: y\r\n\r\n"),
             vec![event("message", "x\ny")]
         );
+    }
+
+    #[test]
+    fn a_new_connection_keeps_only_the_id_to_resume_from() {
+        let mut p = SseParser::default();
+        p.push(b"id: 9\ndata: x\n\nevent: revocation\ndata: half");
+        let mut next = SseParser::resuming(p.last_event_id().map(str::to_string));
+        assert_eq!(next.last_event_id(), Some("9"));
+        assert_eq!(next.push(b"data: y\n\n"), vec![event("message", "y")]);
     }
 
     #[test]

@@ -33,6 +33,8 @@ impl Key {
 #[derive(Clone, Default)]
 pub struct KeySet {
     keys: Vec<Key>,
+    /// Identifies the JWKS content it came from, so an unchanged JWKS is not a new key set.
+    fingerprint: u64,
 }
 
 impl KeySet {
@@ -74,7 +76,12 @@ impl KeySet {
                 None => skipped += 1,
             }
         }
-        (KeySet { keys }, skipped)
+        let mut canonical: Vec<String> = entries.iter().map(|e| e.to_string()).collect();
+        canonical.sort();
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        std::hash::Hash::hash(&canonical, &mut hasher);
+        let fingerprint = std::hash::Hasher::finish(&hasher);
+        (KeySet { keys, fingerprint }, skipped)
     }
 
     /// Builds the key set of a static key source.
@@ -114,7 +121,10 @@ impl KeySet {
         if key.algorithms.is_empty() {
             return Err("no configured algorithm fits the configured key".into());
         }
-        Ok(KeySet { keys: vec![key] })
+        Ok(KeySet {
+            keys: vec![key],
+            fingerprint: 0,
+        })
     }
 }
 
@@ -270,6 +280,10 @@ impl KeyStore {
         }
         let count = set.len();
         self.metrics_gauge.set(count as i64);
+        if !self.current().is_empty() && self.current().fingerprint == set.fingerprint {
+            // Same JWKS as before: keep the key set (and what was verified against it).
+            return Ok(count);
+        }
         match self.current.write() {
             Ok(mut guard) => *guard = Arc::new(set),
             Err(poisoned) => *poisoned.into_inner() = Arc::new(set),

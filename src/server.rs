@@ -52,7 +52,9 @@ pub struct EdgeServer {
 
 /// How long a new process started with `-u` waits for its keys before taking over the
 /// listeners: the old process keeps serving meanwhile, so no request meets a keyless edge.
-pub const UPGRADE_KEY_WAIT: Duration = Duration::from_secs(10);
+/// Kept well inside the ~5 s for which Pingora's old process retries the hand-over after
+/// SIGQUIT: with the JWKS down, the new process takes over keyless rather than not at all.
+pub const UPGRADE_KEY_WAIT: Duration = Duration::from_secs(3);
 
 /// Builds the whole edge from validated settings.
 pub fn build(settings: Settings, opt: Opt) -> Result<EdgeServer, StartError> {

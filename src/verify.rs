@@ -104,9 +104,13 @@ impl Verifier {
                 (*alg, v)
             })
             .collect();
+        // Weighed by token length, bounded at 1 KiB per configured entry: ordinary tokens
+        // (well under 1 KiB) fit `verified_cache_entries` of them, and large ones cannot
+        // multiply the memory.
         let verified = (settings.verified_cache_entries > 0).then(|| {
             moka::sync::Cache::builder()
-                .max_capacity(settings.verified_cache_entries)
+                .max_capacity(settings.verified_cache_entries.saturating_mul(1024))
+                .weigher(|token: &Arc<str>, _: &Arc<Remembered>| token.len() as u32 + 128)
                 .expire_after(UntilExpiry)
                 .build()
         });

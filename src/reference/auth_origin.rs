@@ -71,8 +71,17 @@ struct SigninRequest {
 impl AuthOrigin {
     /// An origin with a freshly generated ES256 key.
     pub fn new(issuer: &str, audience: &str) -> Result<Arc<AuthOrigin>, String> {
-        Ok(Arc::new(AuthOrigin {
-            key: SigningKey::generate_es256("reference-es256-1")?,
+        Ok(AuthOrigin::with_key(
+            issuer,
+            audience,
+            SigningKey::generate_es256("reference-es256-1")?,
+        ))
+    }
+
+    /// An origin that signs with the given key (benchmarks use an RS256 one).
+    pub fn with_key(issuer: &str, audience: &str, key: SigningKey) -> Arc<AuthOrigin> {
+        Arc::new(AuthOrigin {
+            key,
             issuer: issuer.to_string(),
             audience: audience.to_string(),
             token_lifetime: Duration::from_secs(3600),
@@ -83,7 +92,7 @@ impl AuthOrigin {
             feed: broadcast::channel(4096).0,
             revocation_requests: AtomicU64::new(0),
             jwks_requests: AtomicU64::new(0),
-        }))
+        })
     }
 
     pub fn router(self: &Arc<Self>) -> Router {

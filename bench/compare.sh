@@ -1,0 +1,178 @@
+#!/usr/bin/env bash
+# What the gate costs, against what an operator would run instead. On 127.0.0.1 only; it
+# stops by itself.
+#
+#   bench/compare.sh                 (DURATION=15 seconds a run, RUNS=2 runs a case)
+#
+# One after another, each against the same upstream (nginx `return 200`, one worker) and the
+# same wrk load (bench/rotate_tokens.lua: 10,000 valid tokens for 10,000 accounts):
+#   1. the upstream directly;
+#   2. Pingora proxying without any gate (examples/passthrough.rs): the floor;
+#   3. epochgate, ES256 tokens, caches warm;
+#   4. epochgate, RS256 tokens, caches warm;
+#   5. nginx with auth_request to the reference auth origin's /v1/check, the answer cached
+#      per token for 10 s (bench/nginx-auth-request.conf).
+# The proxy under test (cases 2-5: one worker thread / process) is pinned to core 0; wrk, the
+# upstream and the auth origin to core 1. Prints req/s, p50 and p99 per run and case, and the
+# ratios epochgate/passthrough and epochgate/nginx (medians of the runs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-15}
+RUNS=${RUNS:-2}
+COUNT=${COUNT:-10000}
+CONNECTIONS=${CONNECTIONS:-64}
+ISSUER=https://auth.bench
+AUDIENCE=streaming-edge
+
+LOG_TAG=compare
+# shellcheck source=../scripts/lib.sh
+source scripts/lib.sh
+die() { log "$*"; exit 1; }
+
+apt_wanted wrk:wrk nginx:nginx curl:curl taskset:util-linux openssl:openssl
+nginx -V 2>&1 | grep -q http_auth_request_module || die "this nginx lacks the auth_request module"
+
+if [ "$(nproc)" -ge 2 ]; then
+  PROXY_PIN=(taskset -c 0); LOAD_PIN=(taskset -c 1); placement="proxy on core 0; wrk, upstream and auth origin on core 1"
+else
+  PROXY_PIN=(); LOAD_PIN=(); placement="one core: no pinning"
+fi
+
+log "building (release)"
+nice cargo build --release --locked --bins --examples >&2
+
+work=$(mktemp -d)
+chmod 755 "$work"   # nginx workers (user nobody) keep their auth cache in here
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_http() { # url [expected status]
+  for _ in $(seq 1 300); do
+    code=$(curl -s -o /dev/null -w '%{http_code}' "$1" || true)
+    [ "$code" = "${2:-200}" ] && return 0
+    sleep 0.1
+  done
+  die "no HTTP ${2:-200} from $1"
+}
+
+# --- the upstream: nginx return 200, one worker, on the load core ----------------------
+UPSTREAM=$(free_port)
+cat > "$work/upstream.conf" <<EOF
+worker_processes 1; daemon off; pid $work/upstream.pid; error_log $work/upstream.err warn;
+events { worker_connections 4096; }
+http { access_log off; server { listen 127.0.0.1:$UPSTREAM; keepalive_requests 1000000;
+  location / { return 200 "ok"; } } }
+EOF
+"${LOAD_PIN[@]}" nginx -c "$work/upstream.conf" -p "$work" & pids+=($!)
+wait_http "http://127.0.0.1:$UPSTREAM/"
+
+# --- auth origins: ES256 and RS256, each writing COUNT tokens ---------------------------
+openssl genrsa -traditional -out "$work/rsa.pem" 2048 2>/dev/null
+# Starts an origin in the background (no command substitution: its pid must reach `pids`);
+# sets ORIGIN_PORT.
+start_origin() { # name extra-args...
+  local name=$1; shift
+  local port; port=$(free_port)
+  "${LOAD_PIN[@]}" target/release/examples/bench_origins --auth-port "$port" --upstream-port "$(free_port)" \
+    --tokens "$work/$name.tokens" --count "$COUNT" --issuer "$ISSUER" --audience "$AUDIENCE" "$@" \
+    > "$work/$name.origin.out" 2>&1 & pids+=($!)
+  for _ in $(seq 1 600); do grep -q ready "$work/$name.origin.out" 2>/dev/null && break; sleep 0.1; done
+  grep -q ready "$work/$name.origin.out" || die "origin $name did not start: $(cat "$work/$name.origin.out")"
+  ORIGIN_PORT=$port
+}
+start_origin es256; AUTH_ES=$ORIGIN_PORT
+start_origin rs256 --rsa-key "$work/rsa.pem"; AUTH_RS=$ORIGIN_PORT
+
+# --- wrk ----------------------------------------------------------------------------------
+# One wrk thread on its own core, 64 keep-alive connections: more than one proxy worker serves.
+run_wrk() { # url tokens seconds out
+  "${LOAD_PIN[@]}" wrk -t1 -c"$CONNECTIONS" -d"$3s" --latency -s bench/rotate_tokens.lua "$1" -- "$2" > "$4" 2>&1 \
+    || die "wrk failed: $(cat "$4")"
+}
+# "req/s p50 p99 failures" from the summary line bench/rotate_tokens.lua prints.
+summarize() {
+  awk '/^soak:/ {
+      for (i = 2; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
+      printf "%.0f %.2fms %.2fms %d\n", f["requests"] / (f["duration_us"] / 1e6),
+        f["p50_us"] / 1000, f["p99_us"] / 1000, f["non2xx"] + f["socket_errors"] }' "$1"
+}
+
+declare -A RESULTS
+measure() { # case-name url tokens
+  local name=$1 url=$2 tokens=$3
+  log "$name: warm-up"
+  run_wrk "$url" "$tokens" 5 "$work/warm.out"
+  for run in $(seq 1 "$RUNS"); do
+    run_wrk "$url" "$tokens" "$DURATION" "$work/$name.$run.out"
+    read -r rps p50 p99 bad < <(summarize "$work/$name.$run.out")
+    [ "$bad" = "0" ] || die "$name run $run: $bad failed requests: $(grep -E 'HTTP|^soak:' "$work/$name.$run.out" | head -4)"
+    log "$name run $run: $rps req/s, p50 $p50, p99 $p99"
+    RESULTS[$name]+="$rps/$p50/$p99 "
+  done
+}
+
+edge_config() { # port admin auth-port algorithm
+  cat <<EOF
+server: { threads: 1, pid_file: $work/edge-$1.pid, upgrade_sock: $work/edge-$1.sock, grace_period_seconds: 0 }
+proxy: { listen: ["127.0.0.1:$1"], upstream: { peers: ["127.0.0.1:$UPSTREAM"] } }
+admin: { listen: "127.0.0.1:$2" }
+auth_origin: { url: "http://127.0.0.1:$3", timeout: 1s }
+token: { algorithms: [$4], issuer: "$ISSUER", audience: "$AUDIENCE" }
+cache: { refresh_after: 30s, max_stale: 10m }
+EOF
+}
+# Starts an edge in the background; sets EDGE.
+start_edge() { # name auth-port algorithm
+  local admin; EDGE=$(free_port); admin=$(free_port)
+  edge_config "$EDGE" "$admin" "$2" "$3" > "$work/$1.yaml"
+  RUST_LOG=warn "${PROXY_PIN[@]}" target/release/epochgate -c "$work/$1.yaml" > "$work/$1.log" 2>&1 & pids+=($!)
+  wait_http "http://127.0.0.1:$admin/readyz"
+}
+stop_last() { kill "${pids[-1]}" 2>/dev/null || true; wait "${pids[-1]}" 2>/dev/null || true; unset 'pids[-1]'; }
+
+log "machine: $(nproc) cores, $placement; wrk -t1 -c$CONNECTIONS, ${DURATION}s x $RUNS runs per case"
+
+# 1. the upstream directly
+measure upstream "http://127.0.0.1:$UPSTREAM/live/seg1.ts" "$work/es256.tokens"
+
+# 2. Pingora without a gate
+PASS=$(free_port)
+"${PROXY_PIN[@]}" target/release/examples/passthrough "127.0.0.1:$PASS" "127.0.0.1:$UPSTREAM" 1 > "$work/pass.log" 2>&1 & pids+=($!)
+wait_http "http://127.0.0.1:$PASS/"
+measure passthrough "http://127.0.0.1:$PASS/live/seg1.ts" "$work/es256.tokens"
+stop_last
+
+# 3. and 4. epochgate
+start_edge edge-es256 "$AUTH_ES" ES256
+measure epochgate_es256 "http://127.0.0.1:$EDGE/live/seg1.ts" "$work/es256.tokens"
+stop_last
+start_edge edge-rs256 "$AUTH_RS" RS256
+measure epochgate_rs256 "http://127.0.0.1:$EDGE/live/seg1.ts" "$work/rs256.tokens"
+stop_last
+
+# 5. nginx + auth_request
+NGX=$(free_port)
+sed -e "s#@WORK@#$work#g" -e "s#@PORT@#$NGX#g" -e "s#@UPSTREAM@#$UPSTREAM#g" -e "s#@AUTH@#$AUTH_ES#g" \
+  bench/nginx-auth-request.conf > "$work/nginx-auth.conf"
+"${PROXY_PIN[@]}" nginx -c "$work/nginx-auth.conf" -p "$work" & pids+=($!)
+wait_http "http://127.0.0.1:$NGX/" 401
+measure nginx_auth_request "http://127.0.0.1:$NGX/live/seg1.ts" "$work/es256.tokens"
+stop_last
+
+# --- report -------------------------------------------------------------------------------
+median_rps() { tr ' ' '\n' <<<"${RESULTS[$1]}" | grep -v '^$' | cut -d/ -f1 | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
+printf '\n%-22s %-40s %12s\n' case "runs (req/s / p50 / p99)" "median req/s"
+for name in upstream passthrough epochgate_es256 epochgate_rs256 nginx_auth_request; do
+  printf '%-22s %-40s %12s\n' "$name" "${RESULTS[$name]}" "$(median_rps "$name")"
+done
+awk -v g="$(median_rps epochgate_es256)" -v p="$(median_rps passthrough)" -v n="$(median_rps nginx_auth_request)" -v r="$(median_rps epochgate_rs256)" 'BEGIN {
+  printf "\nepochgate ES256 / passthrough : %.3f  (gate cost %.1f%%)\n", g / p, (1 - g / p) * 100
+  printf "epochgate RS256 / passthrough : %.3f\n", r / p
+  printf "epochgate ES256 / nginx auth_request : %.2fx\n", g / n }'

@@ -71,6 +71,7 @@ pub struct Verifier {
     account_claim: String,
     device_claim: String,
     time_claim: String,
+    leeway_secs: u64,
 }
 
 impl Verifier {
@@ -121,6 +122,7 @@ impl Verifier {
             account_claim: settings.account_claim.clone(),
             device_claim: settings.device_claim.clone(),
             time_claim: settings.time_claim.clone(),
+            leeway_secs: settings.leeway.as_secs(),
         }
     }
 
@@ -189,10 +191,16 @@ impl Verifier {
             }
         }
         let claims = outcome?;
+        let session_time = time_claim(&claims, &self.time_claim)?;
+        // A session that starts in the future would outlive every sign-out until then: an
+        // issuer's clock that far off is refused, not trusted.
+        if session_time > crate::unix_millis() / 1000 + self.leeway_secs {
+            return Err(InvalidToken::NotYetValid.into());
+        }
         Ok(VerifiedToken {
             account: string_claim(&claims, &self.account_claim)?,
             device: string_claim(&claims, &self.device_claim)?,
-            session_time: time_claim(&claims, &self.time_claim)?,
+            session_time,
             expires_at: time_claim(&claims, "exp")?,
         })
     }

@@ -293,3 +293,27 @@ async fn spoofed_identity_headers_are_removed_even_from_rejected_and_unchecked_r
     assert_eq!(echo["headers"]["x-epochgate-account"], json!(["alice"]));
     assert_eq!(echo["headers"]["x-epochgate-device"], json!(["tv"]));
 }
+
+#[tokio::test]
+async fn session_time_in_the_future_is_invalid() {
+    let origin = TestOrigin::start().await;
+    let upstream = Upstream::start().await;
+    let edge = Edge::start(&origin, &upstream).await;
+
+    // Signed by the trusted key, but its session starts in an hour (leeway is 5 s): it would
+    // survive every sign-out made before then.
+    let token = origin.token_at("alice", "tv", now() + 3600);
+    expect_401(&edge, format!("Bearer {token}").as_bytes(), "invalid_token").await;
+    let within_leeway = origin.token_at("alice", "tv", now() + 1);
+    let response = edge.get_with_token("/", &within_leeway).await;
+    assert_eq!(
+        response.status(),
+        200,
+        "one second ahead (a sign-in right after a sign-out) is fine"
+    );
+    assert_eq!(
+        origin.revocation_requests(),
+        1,
+        "only the valid token was looked up"
+    );
+}

@@ -22,7 +22,9 @@ const REFRESH_RETRY: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub struct CachedRecord {
     epoch: u64,
-    /// Per-device epochs; `None` for the common account without any.
+    /// Per-device epochs; `None` for the common account without any. Boxed on purpose: 8 bytes
+    /// in every entry instead of a 48-byte map that is almost always empty.
+    #[allow(clippy::box_collection)]
     devices: Option<Box<HashMap<String, u64>>>,
     /// When the origin (or the feed) last confirmed it, on the [`crate::monotonic_millis`] clock.
     confirmed_at_ms: u64,

@@ -15,6 +15,9 @@ use crate::origin::{OriginClient, OriginError};
 /// cannot turn into a flood of auth-origin requests.
 pub const UNKNOWN_KID_REFETCH_INTERVAL: Duration = Duration::from_secs(10);
 
+/// Reads a public key of one family from PEM.
+type PemParser = fn(&[u8]) -> jsonwebtoken::errors::Result<DecodingKey>;
+
 /// One key and the algorithms it may verify.
 #[derive(Clone)]
 pub struct Key {
@@ -101,7 +104,7 @@ impl KeySet {
                 decoding: DecodingKey::from_secret(secret),
             },
             KeySource::Pem(pem) => {
-                let attempts: [(AlgorithmFamily, fn(&[u8]) -> _); 3] = [
+                let attempts: [(AlgorithmFamily, PemParser); 3] = [
                     (AlgorithmFamily::Ec, DecodingKey::from_ec_pem),
                     (AlgorithmFamily::Rsa, DecodingKey::from_rsa_pem),
                     (AlgorithmFamily::Ed, DecodingKey::from_ed_pem),

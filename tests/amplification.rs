@@ -67,9 +67,7 @@ fn rss_kib(pid: u32) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_tokens_for_random_accounts_cause_zero_origin_requests() {
-    let origin = TestOrigin::start().await;
-    let upstream = Upstream::start().await;
-    let edge = Edge::start(&origin, &upstream).await;
+    let (origin, upstream, edge) = started().await;
 
     // Well-formed tokens with the trusted kid, random accounts, and signatures that are not
     // the trusted key's: verification must reject them before any lookup.

@@ -224,9 +224,7 @@ async fn record_older_than_max_stale_is_not_used_while_the_origin_is_down() {
 
 #[tokio::test]
 async fn origin_errors_are_counted_by_outcome() {
-    let origin = TestOrigin::start().await;
-    let upstream = Upstream::start().await;
-    let edge = Edge::start(&origin, &upstream).await;
+    let (origin, _upstream, edge) = started().await;
 
     origin.set_mode(Mode::Status500);
     assert_eq!(

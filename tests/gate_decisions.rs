@@ -9,9 +9,7 @@ use serde_json::json;
 
 #[tokio::test]
 async fn valid_token_is_forwarded_with_identity_headers() {
-    let origin = TestOrigin::start().await;
-    let upstream = Upstream::start().await;
-    let edge = Edge::start(&origin, &upstream).await;
+    let (origin, _upstream, edge) = started().await;
 
     let echo = echoed(
         edge.get_with_token("/live/index.m3u8", &origin.token("alice", "tv"))
@@ -33,9 +31,7 @@ async fn valid_token_is_forwarded_with_identity_headers() {
 
 #[tokio::test]
 async fn missing_token_is_401_without_error_attribute() {
-    let origin = TestOrigin::start().await;
-    let upstream = Upstream::start().await;
-    let edge = Edge::start(&origin, &upstream).await;
+    let (_origin, upstream, edge) = started().await;
 
     let response = edge.get("/live/index.m3u8").await;
     assert_eq!(
@@ -53,9 +49,7 @@ async fn missing_token_is_401_without_error_attribute() {
 
 #[tokio::test]
 async fn basic_authorization_counts_as_missing_token() {
-    let origin = TestOrigin::start().await;
-    let upstream = Upstream::start().await;
-    let edge = Edge::start(&origin, &upstream).await;
+    let (_origin, _upstream, edge) = started().await;
 
     let response = edge
         .client
@@ -127,9 +121,7 @@ async fn device_sign_out_leaves_other_devices_working() {
 
 #[tokio::test]
 async fn query_parameter_token_is_accepted_and_stripped() {
-    let origin = TestOrigin::start().await;
-    let upstream = Upstream::start().await;
-    let edge = Edge::start(&origin, &upstream).await;
+    let (origin, _upstream, edge) = started().await;
 
     let token = origin.token("alice", "tv");
     let response = edge
@@ -142,9 +134,7 @@ async fn query_parameter_token_is_accepted_and_stripped() {
 
 #[tokio::test]
 async fn cookie_token_is_accepted_and_only_that_cookie_stripped() {
-    let origin = TestOrigin::start().await;
-    let upstream = Upstream::start().await;
-    let edge = Edge::start(&origin, &upstream).await;
+    let (origin, _upstream, edge) = started().await;
 
     let token = origin.token("alice", "tv");
     let response = edge
@@ -184,9 +174,7 @@ async fn strip_token_off_forwards_the_token() {
 
 #[tokio::test]
 async fn spoofed_identity_headers_never_reach_the_upstream() {
-    let origin = TestOrigin::start().await;
-    let upstream = Upstream::start().await;
-    let edge = Edge::start(&origin, &upstream).await;
+    let (origin, _upstream, edge) = started().await;
 
     let response = edge
         .client
@@ -218,9 +206,7 @@ async fn expect_invalid(edge: &Edge, token: &str) {
 
 #[tokio::test]
 async fn expired_token_is_invalid() {
-    let origin = TestOrigin::start().await;
-    let upstream = Upstream::start().await;
-    let edge = Edge::start(&origin, &upstream).await;
+    let (origin, _upstream, edge) = started().await;
 
     let mut claims = claims("alice", "tv", now() - 7200);
     claims["exp"] = json!(now() - 3600);
@@ -229,9 +215,7 @@ async fn expired_token_is_invalid() {
 
 #[tokio::test]
 async fn wrong_audience_and_issuer_are_invalid() {
-    let origin = TestOrigin::start().await;
-    let upstream = Upstream::start().await;
-    let edge = Edge::start(&origin, &upstream).await;
+    let (origin, _upstream, edge) = started().await;
 
     let mut wrong_aud = claims("alice", "tv", now());
     wrong_aud["aud"] = json!("another-service");
@@ -243,9 +227,7 @@ async fn wrong_audience_and_issuer_are_invalid() {
 
 #[tokio::test]
 async fn tampered_token_is_invalid() {
-    let origin = TestOrigin::start().await;
-    let upstream = Upstream::start().await;
-    let edge = Edge::start(&origin, &upstream).await;
+    let (origin, _upstream, edge) = started().await;
 
     // Mallory's claims under Alice's signature.
     let alice = origin.token("alice", "tv");
@@ -261,9 +243,7 @@ async fn tampered_token_is_invalid() {
 
 #[tokio::test]
 async fn alg_none_is_invalid() {
-    let origin = TestOrigin::start().await;
-    let upstream = Upstream::start().await;
-    let edge = Edge::start(&origin, &upstream).await;
+    let (_origin, _upstream, edge) = started().await;
 
     use base64::Engine;
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -274,9 +254,7 @@ async fn alg_none_is_invalid() {
 
 #[tokio::test]
 async fn hs256_signed_with_the_public_key_is_invalid() {
-    let origin = TestOrigin::start().await;
-    let upstream = Upstream::start().await;
-    let edge = Edge::start(&origin, &upstream).await;
+    let (origin, _upstream, edge) = started().await;
 
     // The classic confusion attack: the public key's bytes used as an HMAC secret.
     let public_jwk = origin.key.jwk().to_string();
@@ -293,9 +271,7 @@ async fn hs256_signed_with_the_public_key_is_invalid() {
 
 #[tokio::test]
 async fn forged_tokens_cause_no_origin_requests() {
-    let origin = TestOrigin::start().await;
-    let upstream = Upstream::start().await;
-    let edge = Edge::start(&origin, &upstream).await;
+    let (origin, _upstream, edge) = started().await;
 
     let forger = epochgate::reference::signing::SigningKey::generate_es256("test-es256").unwrap();
     for i in 0..50 {
@@ -309,9 +285,7 @@ async fn forged_tokens_cause_no_origin_requests() {
 
 #[tokio::test]
 async fn token_without_required_claims_is_invalid() {
-    let origin = TestOrigin::start().await;
-    let upstream = Upstream::start().await;
-    let edge = Edge::start(&origin, &upstream).await;
+    let (origin, _upstream, edge) = started().await;
 
     for missing in ["sub", "did", "iat", "exp"] {
         let mut c = claims("alice", "tv", now());
@@ -326,9 +300,7 @@ async fn token_without_required_claims_is_invalid() {
 
 #[tokio::test]
 async fn over_long_token_is_invalid() {
-    let origin = TestOrigin::start().await;
-    let upstream = Upstream::start().await;
-    let edge = Edge::start(&origin, &upstream).await;
+    let (_origin, _upstream, edge) = started().await;
 
     expect_invalid(&edge, &"a".repeat(8193)).await;
 }
@@ -363,9 +335,7 @@ async fn rs256_and_eddsa_tokens_from_the_jwks_are_accepted() {
 
 #[tokio::test]
 async fn rejection_keeps_the_connection_alive() {
-    let origin = TestOrigin::start().await;
-    let upstream = Upstream::start().await;
-    let edge = Edge::start(&origin, &upstream).await;
+    let (_origin, _upstream, edge) = started().await;
 
     // One client, one pooled connection: three answers in a row on it.
     let client = reqwest::Client::builder()

@@ -45,9 +45,7 @@ fn nothing_happened(origin: &TestOrigin, upstream: &Upstream) {
 
 #[tokio::test]
 async fn malformed_tokens_are_invalid() {
-    let origin = TestOrigin::start().await;
-    let upstream = Upstream::start().await;
-    let edge = Edge::start(&origin, &upstream).await;
+    let (origin, upstream, edge) = started().await;
 
     let valid = origin.token("alice", "tv");
     let parts: Vec<&str> = valid.split('.').collect();
@@ -73,9 +71,7 @@ async fn malformed_tokens_are_invalid() {
 
 #[tokio::test]
 async fn json_bomb_in_the_header_is_invalid() {
-    let origin = TestOrigin::start().await;
-    let upstream = Upstream::start().await;
-    let edge = Edge::start(&origin, &upstream).await;
+    let (origin, upstream, edge) = started().await;
 
     // Deep nesting, within the 8 KiB token limit.
     let bomb = format!(
@@ -90,9 +86,7 @@ async fn json_bomb_in_the_header_is_invalid() {
 
 #[tokio::test]
 async fn non_utf8_bytes_are_rejected() {
-    let origin = TestOrigin::start().await;
-    let upstream = Upstream::start().await;
-    let edge = Edge::start(&origin, &upstream).await;
+    let (origin, upstream, edge) = started().await;
 
     expect_401(&edge, b"Bearer \xff\xfe\xfd.\x80.\x81", "missing_token").await;
     let response = edge
@@ -111,9 +105,7 @@ async fn non_utf8_bytes_are_rejected() {
 
 #[tokio::test]
 async fn huge_authorization_header_is_rejected_without_parsing() {
-    let origin = TestOrigin::start().await;
-    let upstream = Upstream::start().await;
-    let edge = Edge::start(&origin, &upstream).await;
+    let (origin, upstream, edge) = started().await;
 
     let huge = format!("Bearer {}", "A".repeat(60_000));
     expect_401(&edge, huge.as_bytes(), "invalid_token").await;
@@ -122,9 +114,7 @@ async fn huge_authorization_header_is_rejected_without_parsing() {
 
 #[tokio::test]
 async fn kid_path_tricks_are_unknown_keys() {
-    let origin = TestOrigin::start().await;
-    let upstream = Upstream::start().await;
-    let edge = Edge::start(&origin, &upstream).await;
+    let (origin, upstream, edge) = started().await;
     let jwks_before = origin.jwks_requests();
 
     for kid in [
@@ -151,9 +141,7 @@ async fn kid_path_tricks_are_unknown_keys() {
 
 #[tokio::test]
 async fn wrong_claim_types_are_invalid() {
-    let origin = TestOrigin::start().await;
-    let upstream = Upstream::start().await;
-    let edge = Edge::start(&origin, &upstream).await;
+    let (origin, upstream, edge) = started().await;
 
     for (claim, value) in [
         ("iat", json!("yesterday")),
@@ -174,9 +162,7 @@ async fn wrong_claim_types_are_invalid() {
 
 #[tokio::test]
 async fn duplicate_claims_are_invalid() {
-    let origin = TestOrigin::start().await;
-    let upstream = Upstream::start().await;
-    let edge = Edge::start(&origin, &upstream).await;
+    let (origin, upstream, edge) = started().await;
 
     // Signed by the trusted key, yet ambiguous: which `sub` is meant?
     let payload = format!(
@@ -204,9 +190,7 @@ fn es256_key(origin: &TestOrigin) -> jsonwebtoken::EncodingKey {
 
 #[tokio::test]
 async fn missing_issuer_or_audience_is_invalid_when_configured() {
-    let origin = TestOrigin::start().await;
-    let upstream = Upstream::start().await;
-    let edge = Edge::start(&origin, &upstream).await;
+    let (origin, _upstream, edge) = started().await;
 
     for claim in ["iss", "aud"] {
         let mut c = claims("alice", "tv", now());
@@ -218,9 +202,7 @@ async fn missing_issuer_or_audience_is_invalid_when_configured() {
 
 #[tokio::test]
 async fn odd_authorization_casing_and_whitespace_are_accepted() {
-    let origin = TestOrigin::start().await;
-    let upstream = Upstream::start().await;
-    let edge = Edge::start(&origin, &upstream).await;
+    let (origin, _upstream, edge) = started().await;
 
     let token = origin.token("alice", "tv");
     for value in [
@@ -242,9 +224,7 @@ async fn odd_authorization_casing_and_whitespace_are_accepted() {
 
 #[tokio::test]
 async fn token_in_two_sources_uses_the_first_configured_one() {
-    let origin = TestOrigin::start().await;
-    let upstream = Upstream::start().await;
-    let edge = Edge::start(&origin, &upstream).await;
+    let (origin, _upstream, edge) = started().await;
 
     // Sources are tried in config order: header, then query, then cookie.
     let good = origin.token("alice", "tv");
@@ -269,9 +249,7 @@ async fn token_in_two_sources_uses_the_first_configured_one() {
 
 #[tokio::test]
 async fn spoofed_identity_headers_are_removed_even_from_rejected_and_unchecked_requests() {
-    let origin = TestOrigin::start().await;
-    let upstream = Upstream::start().await;
-    let edge = Edge::start(&origin, &upstream).await;
+    let (origin, _upstream, edge) = started().await;
 
     // Many copies, in odd cases, next to a valid token: only the edge's own values arrive.
     let mut request = edge
@@ -296,9 +274,7 @@ async fn spoofed_identity_headers_are_removed_even_from_rejected_and_unchecked_r
 
 #[tokio::test]
 async fn session_time_in_the_future_is_invalid() {
-    let origin = TestOrigin::start().await;
-    let upstream = Upstream::start().await;
-    let edge = Edge::start(&origin, &upstream).await;
+    let (origin, _upstream, edge) = started().await;
 
     // Signed by the trusted key, but its session starts in an hour (leeway is 5 s): it would
     // survive every sign-out made before then.

@@ -187,9 +187,7 @@ async fn jwks_down_later_keeps_the_last_good_keys() {
 
 #[tokio::test]
 async fn rotated_key_is_accepted_after_one_jwks_fetch() {
-    let origin = TestOrigin::start().await;
-    let upstream = Upstream::start().await;
-    let edge = Edge::start(&origin, &upstream).await;
+    let (origin, _upstream, edge) = started().await;
 
     let rotated =
         epochgate::reference::signing::SigningKey::generate_es256("test-es256-next").unwrap();
@@ -204,9 +202,7 @@ async fn rotated_key_is_accepted_after_one_jwks_fetch() {
 
 #[tokio::test]
 async fn flood_of_random_kids_fetches_the_jwks_at_most_once_per_10_s() {
-    let origin = TestOrigin::start().await;
-    let upstream = Upstream::start().await;
-    let edge = Edge::start(&origin, &upstream).await;
+    let (origin, _upstream, edge) = started().await;
 
     let before = origin.jwks_requests();
     let started = Instant::now();

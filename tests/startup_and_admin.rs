@@ -113,9 +113,7 @@ fn busy_listen_address_exits_non_zero_naming_it() {
 
 #[tokio::test]
 async fn healthz_answers_and_unknown_admin_path_is_404() {
-    let origin = TestOrigin::start().await;
-    let upstream = Upstream::start().await;
-    let edge = Edge::start(&origin, &upstream).await;
+    let (_origin, _upstream, edge) = started().await;
 
     let health = edge
         .client

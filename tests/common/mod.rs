@@ -681,6 +681,14 @@ impl Drop for Edge {
     }
 }
 
+/// A test origin, an echoing upstream, and a ready edge in front of them (default config).
+pub async fn started() -> (TestOrigin, Upstream, Edge) {
+    let origin = TestOrigin::start().await;
+    let upstream = Upstream::start().await;
+    let edge = Edge::start(&origin, &upstream).await;
+    (origin, upstream, edge)
+}
+
 /// The JSON an upstream echo returned.
 pub async fn echoed(response: reqwest::Response) -> Value {
     assert_eq!(

@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use clap::Parser;
 use epochgate::reference::auth_origin::AuthOrigin;
 use epochgate::reference::serve;
+use epochgate::reference::signing::SigningKey;
 
 #[derive(Parser)]
 struct Args {
@@ -33,6 +34,9 @@ struct Args {
     issuer: String,
     #[arg(long, default_value = "streaming-edge")]
     audience: String,
+    /// Sign with this RSA private key (PEM) and RS256 instead of a fresh ES256 key.
+    #[arg(long)]
+    rsa_key: Option<PathBuf>,
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -42,7 +46,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let origin = AuthOrigin::new(&args.issuer, &args.audience)?;
+        let origin = match &args.rsa_key {
+            Some(path) => AuthOrigin::with_key(
+                &args.issuer,
+                &args.audience,
+                SigningKey::from_rsa_pem("bench-rs256", &std::fs::read(path)?)?,
+            ),
+            None => AuthOrigin::new(&args.issuer, &args.audience)?,
+        };
         let auth = tokio::net::TcpListener::bind(("127.0.0.1", args.auth_port)).await?;
         let upstream = tokio::net::TcpListener::bind(("127.0.0.1", args.upstream_port)).await?;
 

@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora::apps::http_app::HttpServer;
+use pingora::apps::ServerApp;
+use pingora::protocols::Stream;
 use pingora::server::configuration::Opt;
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService, GenBackgroundService};
@@ -70,10 +72,13 @@ pub fn build(settings: Settings, opt: Opt) -> Result<EdgeServer, StartError> {
     server.bootstrap();
 
     let proxy = EpochGateProxy::new(gate.clone(), &settings.proxy, settings.forward.clone());
-    let mut proxy_service = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        proxy,
-        "epochgate proxy",
+    let drain = Duration::from_secs(server.configuration.grace_period_seconds.unwrap_or(0));
+    let mut proxy_service = Service::new(
+        "epochgate proxy".to_string(),
+        DrainOnShutdown::new(
+            pingora::proxy::http_proxy(&server.configuration, proxy),
+            drain,
+        ),
     );
     for addr in &settings.proxy.listen {
         proxy_service.add_tcp(&addr.to_string());
@@ -107,6 +112,47 @@ pub fn build(settings: Settings, opt: Opt) -> Result<EdgeServer, StartError> {
     }
     server.add_service(watchdog);
     Ok(EdgeServer { server, gate })
+}
+
+/// Keeps a shutting-down proxy's idle keep-alive connections open for `drain` (the grace
+/// period) instead of closing them the moment the listeners stop.
+///
+/// Pingora closes idle keep-alive connections as soon as shutdown starts. A client that
+/// sent its next request on one of them at that instant sees the connection reset, and an
+/// HTTP client never retries a request it has already written: during a graceful upgrade
+/// that is a failed request. Kept open, the connection's next request is answered (with
+/// `Connection: close`, Pingora's shutdown behaviour), and the client's following request
+/// opens a connection the new process accepts. Connections still idle when the grace
+/// period ends are closed with the runtime.
+pub struct DrainOnShutdown<A> {
+    inner: Arc<A>,
+    drain: Duration,
+}
+
+impl<A> DrainOnShutdown<A> {
+    pub fn new(inner: A, drain: Duration) -> Self {
+        DrainOnShutdown {
+            inner: Arc::new(inner),
+            drain,
+        }
+    }
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for DrainOnShutdown<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        session: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        self.inner.process_new(session, shutdown).await
+    }
+
+    /// Called once the listeners have stopped accepting.
+    async fn cleanup(&self) {
+        tokio::time::sleep(self.drain).await;
+        self.inner.cleanup().await;
+    }
 }
 
 /// Tries to load the JWKS before any listener exists, for up to `wait`. Failure is not fatal:

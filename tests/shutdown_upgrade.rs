@@ -1,5 +1,6 @@
 //! Shutdown and restart: SIGTERM drains in-flight requests; SIGQUIT with a new process
-//! started with `-u` hands the listeners over without a failed request.
+//! started with `-u` hands the listeners over without a failed request; idle keep-alive
+//! connections are answered, not reset, while shutdown drains.
 
 mod common;
 
@@ -84,6 +85,59 @@ async fn sigterm_lets_in_flight_requests_finish() {
     );
 }
 
+/// Sends one keep-alive request on `conn` and returns the response head, lower-cased.
+async fn request_on(conn: &mut tokio::net::TcpStream, token: &str) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = format!("GET / HTTP/1.1\r\nHost: edge\r\nAuthorization: Bearer {token}\r\n\r\n");
+    conn.write_all(request.as_bytes()).await?;
+    let mut response = Vec::new();
+    let mut buf = [0u8; 4096];
+    // The upstream answers "ok": the head, then a two-byte body.
+    while !response.ends_with(b"\r\n\r\nok") {
+        let n = conn.read(&mut buf).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        response.extend_from_slice(&buf[..n]);
+    }
+    Ok(String::from_utf8_lossy(&response).to_ascii_lowercase())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keepalive_connection_is_answered_with_close_after_shutdown_starts() {
+    let origin = TestOrigin::start().await;
+    let upstream = slow_upstream().await;
+    let (proxy, admin) = (free_port(), free_port());
+    let mut edge = Edge::spawn_config(tempfile::tempdir().unwrap(), proxy, admin, |dir| {
+        config_with_grace(&origin.url(), upstream, proxy, admin, dir, 3)
+    });
+    edge.wait_ready().await;
+    let token = origin.token("alice", "tv");
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", proxy))
+        .await
+        .unwrap();
+    let first = request_on(&mut conn, &token).await.unwrap();
+    assert!(first.starts_with("http/1.1 200"), "{first}");
+
+    // The connection is idle in the edge's keep-alive wait when shutdown starts; a request
+    // racing the shutdown must be answered, not reset.
+    edge.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = request_on(&mut conn, &token)
+        .await
+        .expect("the idle keep-alive connection was closed at shutdown");
+    assert!(second.starts_with("http/1.1 200"), "{second}");
+    assert!(
+        second.contains("connection: close"),
+        "the answer does not close the connection: {second}"
+    );
+    let exited = tokio::task::block_in_place(|| edge.wait_exit(Duration::from_secs(15)));
+    assert!(
+        exited.is_some(),
+        "the edge did not exit after its grace period"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_upgrade_hands_over_the_listeners_without_a_failed_request() {
     let origin = TestOrigin::start().await;
@@ -96,16 +150,18 @@ async fn graceful_upgrade_hands_over_the_listeners_without_a_failed_request() {
     let token = Arc::new(origin.token("alice", "tv"));
 
     let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let mut load = Vec::new();
     for _ in 0..4 {
-        let (client, url, token, stop, ok, failed) = (
+        let (client, url, token, stop, ok, failed, started) = (
             old.client.clone(),
             old.url("/"),
             token.clone(),
             stop.clone(),
             ok.clone(),
             failed.clone(),
+            started,
         );
         load.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
@@ -116,7 +172,7 @@ async fn graceful_upgrade_hands_over_the_listeners_without_a_failed_request() {
                         failed.fetch_add(1, Ordering::Relaxed)
                     }
                     Err(e) => {
-                        eprintln!("failed request: {e}");
+                        eprintln!("failed request at {:?}: {e:?}", started.elapsed());
                         failed.fetch_add(1, Ordering::Relaxed)
                     }
                 };
@@ -150,6 +206,7 @@ async fn graceful_upgrade_hands_over_the_listeners_without_a_failed_request() {
     let before_upgrade = ok.load(Ordering::Relaxed);
     old.signal("QUIT");
     let handed_over = Instant::now();
+    eprintln!("SIGQUIT at {:?}", started.elapsed());
     let exited = tokio::task::block_in_place(|| old.wait_exit(Duration::from_secs(20)));
     assert!(exited.is_some(), "the old process did not exit");
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -28,7 +28,6 @@ AUDIENCE=streaming-edge
 LOG_TAG=compare
 # shellcheck source=../scripts/lib.sh
 source scripts/lib.sh
-die() { log "$*"; exit 1; }
 
 apt_wanted wrk:wrk nginx:nginx curl:curl taskset:util-linux openssl:openssl
 nginx -V 2>&1 | grep -q http_auth_request_module || die "this nginx lacks the auth_request module"
@@ -52,17 +51,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { # url [expected status]
-  for _ in $(seq 1 300); do
-    code=$(curl -s -o /dev/null -w '%{http_code}' "$1" || true)
-    [ "$code" = "${2:-200}" ] && return 0
-    sleep 0.1
-  done
-  die "no HTTP ${2:-200} from $1"
-}
-
-# --- the upstream: nginx return 200, one worker, on the load core ----------------------
 UPSTREAM=$(free_port)
 cat > "$work/upstream.conf" <<EOF
 worker_processes 1; daemon off; pid $work/upstream.pid; error_log $work/upstream.err warn;

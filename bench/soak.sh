@@ -49,8 +49,7 @@ FD_GROWTH_LIMIT=16
 
 LOG_TAG=soak
 # shellcheck source=../scripts/lib.sh
-. scripts/lib.sh # log, apt_wanted
-die() { log "$*"; exit 1; }
+. scripts/lib.sh # log, apt_wanted, die
 
 [[ "$DURATION" =~ ^[1-9][0-9]*$ ]] && [ "$DURATION" -ge 15 ] \
   || die "DURATION must be a whole number of seconds, at least 15, not '$DURATION'"

@@ -23,3 +23,19 @@ apt_wanted() {
   fi
 }
 
+
+die() { log "$*"; exit 1; }
+
+# A TCP port free on 127.0.0.1 right now.
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# Waits up to 30 s for URL to answer with STATUS (default 200).
+wait_http() { # url [status]
+  local code
+  for _ in $(seq 1 300); do
+    code=$(curl -s -o /dev/null -w '%{http_code}' "$1" || true)
+    [ "$code" = "${2:-200}" ] && return 0
+    sleep 0.1
+  done
+  die "no HTTP ${2:-200} from $1"
+}

@@ -66,7 +66,7 @@ pub struct Verifier {
     keys: Arc<KeyStore>,
     /// Tokens already verified, keyed by the whole token (so no other token can ever hit an
     /// entry), bounded, each entry gone at its token's `exp`. `None` when disabled.
-    verified: Option<moka::sync::Cache<Arc<str>, Arc<Remembered>>>,
+    verified: Option<moka::sync::Cache<Arc<str>, Arc<Remembered>, ahash::RandomState>>,
     validations: HashMap<Algorithm, Validation>,
     account_claim: String,
     device_claim: String,
@@ -113,7 +113,9 @@ impl Verifier {
                 .max_capacity(settings.verified_cache_entries.saturating_mul(1024))
                 .weigher(|token: &Arc<str>, _: &Arc<Remembered>| token.len() as u32 + 128)
                 .expire_after(UntilExpiry)
-                .build()
+                // Tokens are hashed whole (hundreds of bytes) on every request: a randomly
+                // seeded ahash costs a fraction of std's SipHash and stays keyed per process.
+                .build_with_hasher(ahash::RandomState::new())
         });
         Verifier {
             keys,

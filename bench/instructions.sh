@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# What the gate costs per request, in CPU instructions: the same Pingora passthrough and
+# epochgate (ES256, cache warm) each run under valgrind's callgrind, which counts the
+# instructions the proxy process executes (user space; the kernel's share is the same for
+# both). Unlike requests per second, the counts repeat from run to run whatever else the
+# machine is doing, so this is the figure to watch when changing the hot path.
+#
+#   bench/instructions.sh
+#
+# On 127.0.0.1 only; stops by itself. For each proxy: start it under callgrind, send every
+# token once (warm-up: the verified-token and epoch caches fill), zero the counters, run wrk
+# for MEASURE_SECONDS, dump the counters and divide by the requests wrk completed. Prints
+# instructions per request, the ratio epochgate / passthrough, and the instructions spent in
+# epochgate's own hooks. Environment: COUNT (1000 tokens: few enough that the warm-up covers
+# them all at callgrind's speed), MEASURE_SECONDS (15).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+COUNT=${COUNT:-1000}
+MEASURE_SECONDS=${MEASURE_SECONDS:-15}
+ISSUER=https://auth.bench
+AUDIENCE=streaming-edge
+
+LOG_TAG=instructions
+# shellcheck source=../scripts/lib.sh
+. scripts/lib.sh # log, apt_wanted, die, free_port, wait_http
+
+apt_wanted valgrind:valgrind wrk:wrk nginx:nginx curl:curl
+log "building (release)"
+nice cargo build --release --locked --bins --examples >&2
+
+work=$(mktemp -d)
+chmod 755 "$work" # nginx workers (user nobody) write their temp files here
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+UPSTREAM=$(free_port)
+cat > "$work/upstream.conf" <<EOF
+worker_processes 1; daemon off; pid $work/upstream.pid; error_log $work/upstream.err warn;
+events { worker_connections 4096; }
+http { access_log off; server { listen 127.0.0.1:$UPSTREAM; keepalive_requests 1000000;
+  location / { return 200 "ok"; } } }
+EOF
+nginx -c "$work/upstream.conf" -p "$work" & pids+=($!)
+wait_http "http://127.0.0.1:$UPSTREAM/"
+
+AUTH=$(free_port)
+target/release/examples/bench_origins --auth-port "$AUTH" --upstream-port "$(free_port)" \
+  --tokens "$work/tokens" --count "$COUNT" --issuer "$ISSUER" --audience "$AUDIENCE" \
+  > "$work/origin.out" 2>&1 & pids+=($!)
+for _ in $(seq 1 600); do grep -q ready "$work/origin.out" 2>/dev/null && break; sleep 0.1; done
+grep -q ready "$work/origin.out" || die "the origins did not start: $(cat "$work/origin.out")"
+
+load() { # port seconds out
+  wrk -t1 -c16 -d"$2s" -s bench/rotate_tokens.lua "http://127.0.0.1:$1/live/seg1.ts" \
+    -- "$work/tokens" > "$3" 2>&1 || die "wrk failed: $(cat "$3")"
+  grep -q "Non-2xx" "$3" && die "non-2xx answers: $(cat "$3")"
+  return 0
+}
+
+declare -A IR_PER_REQUEST
+measure() { # name port command...
+  local name=$1 port=$2; shift 2
+  valgrind --tool=callgrind --callgrind-out-file="$work/$name.%p.out" "$@" \
+    > "$work/$name.log" 2>&1 & pids+=($!)
+  local pid=$!
+  wait_ready "$port"
+  log "$name: warm-up (every token once at callgrind's speed)"
+  load "$port" 20 "$work/$name.warm"
+  callgrind_control -z "$pid" > /dev/null 2>&1
+  load "$port" "$MEASURE_SECONDS" "$work/$name.wrk"
+  callgrind_control -d "$pid" > /dev/null 2>&1
+  kill "$pid"; wait "$pid" 2>/dev/null || true; unset 'pids[-1]'
+  local requests dump total
+  requests=$(awk '/requests in/ { print $1 }' "$work/$name.wrk")
+  # The dump made on request (callgrind_control -d) is the one with a ".1" suffix.
+  dump=$(ls "$work/$name".*.out.1)
+  total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }')
+  IR_PER_REQUEST[$name]=$((total / requests))
+  log "$name: $requests requests, $total instructions, ${IR_PER_REQUEST[$name]} per request"
+  if [ "$name" = epochgate ]; then
+    printf '\nepochgate hooks, instructions per request (inclusive):\n'
+    callgrind_annotate --inclusive=yes "$dump" 2>/dev/null \
+      | grep -E '\] *$' \
+      | grep -E 'EpochGateProxy as pingora_proxy::proxy_trait::ProxyHttp>::(request_filter|upstream_request_filter)|epochgate::gate::Gate::(check|decide)|epochgate::verify::Verifier::remembered|epochgate::epoch_cache::EpochCache::lookup|pingora_http::RequestHeader::insert_header' \
+      | awk -v n="$requests" '{ ir = $1; gsub(",", "", ir); name = $0; sub(/ \[.*/, "", name)
+          sub(/^[^(]*\([^)]*\) *[^ ]*\.rs:/, "", name); printf "  %7.0f  %s\n", ir / n, name }'
+  fi
+}
+wait_ready() { # port: the proxy answers a valid token with 200
+  local token; token=$(head -1 "$work/tokens")
+  for _ in $(seq 1 600); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" "http://127.0.0.1:$1/")" = 200 ] && return 0
+    sleep 0.2
+  done
+  die "nothing answers on port $1"
+}
+
+PASS=$(free_port)
+measure passthrough "$PASS" target/release/examples/passthrough "127.0.0.1:$PASS" "127.0.0.1:$UPSTREAM" 1
+
+EDGE=$(free_port)
+cat > "$work/edge.yaml" <<EOF
+server: { threads: 1, pid_file: $work/edge.pid, upgrade_sock: $work/edge.sock, grace_period_seconds: 0 }
+proxy: { listen: ["127.0.0.1:$EDGE"], upstream: { peers: ["127.0.0.1:$UPSTREAM"] } }
+admin: { listen: "127.0.0.1:$(free_port)" }
+auth_origin: { url: "http://127.0.0.1:$AUTH", timeout: 1s }
+token: { algorithms: [ES256], issuer: "$ISSUER", audience: "$AUDIENCE" }
+cache: { refresh_after: 30m, max_stale: 60m }
+EOF
+RUST_LOG=warn measure epochgate "$EDGE" target/release/epochgate -c "$work/edge.yaml"
+
+awk -v g="${IR_PER_REQUEST[epochgate]}" -v p="${IR_PER_REQUEST[passthrough]}" 'BEGIN {
+  printf "\npassthrough: %d instructions/request\nepochgate:   %d instructions/request\n", p, g
+  printf "epochgate / passthrough: %.3f  (gate cost %.1f%% of the proxy'"'"'s instructions)\n", g / p, (g / p - 1) * 100 }'

@@ -65,14 +65,17 @@ pub fn prepare_upstream_request(
     let Some(verdict) = verdict else {
         return Ok(());
     };
-    if let Some((account, device)) = verdict.decision.identity() {
-        upstream.insert_header(forward.account_header.clone(), account)?;
-        upstream.insert_header(forward.device_header.clone(), device)?;
-    }
+    // The token goes first: the header map then has a free slot for the identity headers
+    // instead of growing (a reallocation per request), and a token header that shares a
+    // name with an identity header can never take the identity with it.
     if forward.strip_token {
         if let Some(source) = verdict.token_source.and_then(|i| sources.get(i)) {
             strip_token(source, upstream)?;
         }
+    }
+    if let Some((account, device)) = verdict.decision.identity() {
+        upstream.insert_header(forward.account_header.clone(), account)?;
+        upstream.insert_header(forward.device_header.clone(), device)?;
     }
     Ok(())
 }
@@ -206,5 +209,82 @@ impl ProxyHttp for EpochGateProxy {
             ctx.verdict.as_ref(),
             upstream_request,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn forward() -> ForwardSettings {
+        ForwardSettings {
+            account_header: http::HeaderName::from_static("x-epochgate-account"),
+            device_header: http::HeaderName::from_static("x-epochgate-device"),
+            strip_token: true,
+        }
+    }
+
+    fn allowed(source: usize) -> Verdict {
+        Verdict {
+            decision: Decision::Allow {
+                account: "alice".into(),
+                device: "tv".into(),
+            },
+            token_source: Some(source),
+        }
+    }
+
+    fn request(headers: &[(&'static str, &'static str)]) -> RequestHeader {
+        let mut request = RequestHeader::build("GET", b"/live/seg1.ts", None).unwrap();
+        for (name, value) in headers {
+            request.append_header(*name, *value).unwrap();
+        }
+        request
+    }
+
+    fn values(request: &RequestHeader, name: &str) -> Vec<String> {
+        request
+            .headers
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn client_identity_headers_are_replaced_and_the_token_stripped() {
+        let sources = [TokenSource::Header {
+            name: http::header::AUTHORIZATION,
+            prefix: Some("Bearer ".into()),
+        }];
+        let mut upstream = request(&[
+            ("Authorization", "Bearer t"),
+            ("X-Epochgate-Account", "mallory"),
+            ("x-epochgate-account", "mallory"),
+            ("x-epochgate-device", "laptop"),
+        ]);
+        prepare_upstream_request(&forward(), &sources, Some(&allowed(0)), &mut upstream).unwrap();
+        assert_eq!(values(&upstream, "x-epochgate-account"), ["alice"]);
+        assert_eq!(values(&upstream, "x-epochgate-device"), ["tv"]);
+        assert!(values(&upstream, "authorization").is_empty());
+    }
+
+    #[test]
+    fn token_header_named_like_an_identity_header_does_not_remove_the_identity() {
+        let sources = [TokenSource::Header {
+            name: http::HeaderName::from_static("x-epochgate-account"),
+            prefix: None,
+        }];
+        let mut upstream = request(&[("x-epochgate-account", "t")]);
+        prepare_upstream_request(&forward(), &sources, Some(&allowed(0)), &mut upstream).unwrap();
+        assert_eq!(values(&upstream, "x-epochgate-account"), ["alice"]);
+    }
+
+    #[test]
+    fn without_a_verdict_only_the_client_identity_headers_go() {
+        let mut upstream = request(&[("Authorization", "Bearer t"), ("x-epochgate-device", "tv")]);
+        prepare_upstream_request(&forward(), &[], None, &mut upstream).unwrap();
+        assert!(values(&upstream, "x-epochgate-device").is_empty());
+        assert_eq!(values(&upstream, "authorization"), ["Bearer t"]);
     }
 }

@@ -41,25 +41,8 @@ fi
 log "building (release)"
 nice cargo build --release --locked --bins --examples >&2
 
-work=$(mktemp -d)
-chmod 755 "$work"   # nginx workers (user nobody) keep their auth cache in here
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-UPSTREAM=$(free_port)
-cat > "$work/upstream.conf" <<EOF
-worker_processes 1; daemon off; pid $work/upstream.pid; error_log $work/upstream.err warn;
-events { worker_connections 4096; }
-http { access_log off; server { listen 127.0.0.1:$UPSTREAM; keepalive_requests 1000000;
-  location / { return 200 "ok"; } } }
-EOF
-"${LOAD_PIN[@]}" nginx -c "$work/upstream.conf" -p "$work" & pids+=($!)
-wait_http "http://127.0.0.1:$UPSTREAM/"
+bench_workdir # $work (nginx keeps its auth cache in there), $pids, cleanup at exit
+start_static_upstream "${LOAD_PIN[@]}"
 
 # --- auth origins: ES256 and RS256, each writing COUNT tokens ---------------------------
 openssl genrsa -traditional -out "$work/rsa.pem" 2048 2>/dev/null

@@ -23,31 +23,14 @@ AUDIENCE=streaming-edge
 
 LOG_TAG=instructions
 # shellcheck source=../scripts/lib.sh
-. scripts/lib.sh # log, apt_wanted, die, free_port, wait_http
+. scripts/lib.sh # log, apt_wanted, die, free_port, wait_http, bench_workdir, start_static_upstream
 
 apt_wanted valgrind:valgrind wrk:wrk nginx:nginx curl:curl
 log "building (release)"
 nice cargo build --release --locked --bins --examples >&2
 
-work=$(mktemp -d)
-chmod 755 "$work" # nginx workers (user nobody) write their temp files here
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-UPSTREAM=$(free_port)
-cat > "$work/upstream.conf" <<EOF
-worker_processes 1; daemon off; pid $work/upstream.pid; error_log $work/upstream.err warn;
-events { worker_connections 4096; }
-http { access_log off; server { listen 127.0.0.1:$UPSTREAM; keepalive_requests 1000000;
-  location / { return 200 "ok"; } } }
-EOF
-nginx -c "$work/upstream.conf" -p "$work" & pids+=($!)
-wait_http "http://127.0.0.1:$UPSTREAM/"
+bench_workdir # $work, $pids, cleanup at exit
+start_static_upstream
 
 AUTH=$(free_port)
 target/release/examples/bench_origins --auth-port "$AUTH" --upstream-port "$(free_port)" \

@@ -39,3 +39,31 @@ wait_http() { # url [status]
   done
   die "no HTTP ${2:-200} from $1"
 }
+
+# Bench scripts: a scratch directory $work, removed at exit together with every process
+# whose pid was added to $pids. Readable by all: nginx workers (user nobody) write there.
+bench_workdir() {
+  work=$(mktemp -d)
+  chmod 755 "$work"
+  pids=()
+  trap bench_cleanup EXIT
+}
+bench_cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
+
+# The fast static upstream every bench case proxies to: one nginx worker answering 200 "ok".
+# Sets UPSTREAM to its port. Arguments: an optional command prefix (e.g. taskset -c 1).
+start_static_upstream() {
+  UPSTREAM=$(free_port)
+  cat > "$work/upstream.conf" <<EOF
+worker_processes 1; daemon off; pid $work/upstream.pid; error_log $work/upstream.err warn;
+events { worker_connections 4096; }
+http { access_log off; server { listen 127.0.0.1:$UPSTREAM; keepalive_requests 1000000;
+  location / { return 200 "ok"; } } }
+EOF
+  "$@" nginx -c "$work/upstream.conf" -p "$work" & pids+=($!)
+  wait_http "http://127.0.0.1:$UPSTREAM/"
+}

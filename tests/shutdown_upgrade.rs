@@ -44,15 +44,21 @@ fn config_with_grace(
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_lets_in_flight_requests_finish() {
+/// An origin and a ready edge with `grace` seconds of grace period, in front of [`slow_upstream`].
+async fn ready_edge_with_slow_upstream(grace: u64) -> (TestOrigin, Edge, u16) {
     let origin = TestOrigin::start().await;
     let upstream = slow_upstream().await;
     let (proxy, admin) = (free_port(), free_port());
-    let mut edge = Edge::spawn_config(tempfile::tempdir().unwrap(), proxy, admin, |dir| {
-        config_with_grace(&origin.url(), upstream, proxy, admin, dir, 3)
+    let edge = Edge::spawn_config(tempfile::tempdir().unwrap(), proxy, admin, |dir| {
+        config_with_grace(&origin.url(), upstream, proxy, admin, dir, grace)
     });
     edge.wait_ready().await;
+    (origin, edge, proxy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_in_flight_requests_finish() {
+    let (origin, mut edge, proxy) = ready_edge_with_slow_upstream(3).await;
 
     let token = origin.token("alice", "tv");
     let in_flight = {
@@ -105,13 +111,7 @@ async fn request_on(conn: &mut tokio::net::TcpStream, token: &str) -> std::io::R
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_keepalive_connection_is_answered_with_close_after_shutdown_starts() {
-    let origin = TestOrigin::start().await;
-    let upstream = slow_upstream().await;
-    let (proxy, admin) = (free_port(), free_port());
-    let mut edge = Edge::spawn_config(tempfile::tempdir().unwrap(), proxy, admin, |dir| {
-        config_with_grace(&origin.url(), upstream, proxy, admin, dir, 3)
-    });
-    edge.wait_ready().await;
+    let (origin, mut edge, proxy) = ready_edge_with_slow_upstream(3).await;
     let token = origin.token("alice", "tv");
     let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", proxy))
         .await

@@ -9,20 +9,18 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use epochgate::config::ForwardSettings;
 use epochgate::gate::{Gate, Verdict};
 use epochgate::proxy::{gate_request, prepare_upstream_request};
-use epochgate::server::DrainOnShutdown;
+use epochgate::server::draining_proxy_service;
 use epochgate::Settings;
 use pingora::http::RequestHeader;
 use pingora::prelude::HttpPeer;
-use pingora::proxy::{http_proxy, ProxyHttp, Session};
+use pingora::proxy::{ProxyHttp, Session};
 use pingora::server::configuration::Opt;
 use pingora::server::Server;
-use pingora::services::listening::Service;
 
 struct MyProxy {
     gate: Arc<Gate>,
@@ -96,18 +94,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut server = Server::new(Some(Opt::default()))?;
     server.bootstrap();
-    let app = http_proxy(
+    // Idle keep-alive connections keep answering (with `Connection: close`) through the
+    // grace period instead of being closed under a client's next request.
+    let mut proxy = draining_proxy_service(
         &server.configuration,
         MyProxy {
             gate: gate.clone(),
             forward: settings.forward.clone(),
             upstream: settings.proxy.peers[0],
         },
+        "embed proxy",
     );
-    // Idle keep-alive connections keep answering (with `Connection: close`) through the
-    // grace period instead of being closed under a client's next request.
-    let grace = Duration::from_secs(server.configuration.grace_period_seconds.unwrap_or(0));
-    let mut proxy = Service::new("embed proxy".to_string(), DrainOnShutdown::new(app, grace));
     for addr in &settings.proxy.listen {
         proxy.add_tcp(&addr.to_string());
     }

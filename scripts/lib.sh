@@ -23,7 +23,6 @@ apt_wanted() {
   fi
 }
 
-
 die() { log "$*"; exit 1; }
 
 # A TCP port free on 127.0.0.1 right now.

@@ -8,7 +8,8 @@ use async_trait::async_trait;
 use pingora::apps::http_app::HttpServer;
 use pingora::apps::ServerApp;
 use pingora::protocols::Stream;
-use pingora::server::configuration::Opt;
+use pingora::proxy::{HttpProxy, ProxyHttp};
+use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService, GenBackgroundService};
 use pingora::services::listening::Service;
@@ -72,14 +73,7 @@ pub fn build(settings: Settings, opt: Opt) -> Result<EdgeServer, StartError> {
     server.bootstrap();
 
     let proxy = EpochGateProxy::new(gate.clone(), &settings.proxy, settings.forward.clone());
-    let drain = Duration::from_secs(server.configuration.grace_period_seconds.unwrap_or(0));
-    let mut proxy_service = Service::new(
-        "epochgate proxy".to_string(),
-        DrainOnShutdown::new(
-            pingora::proxy::http_proxy(&server.configuration, proxy),
-            drain,
-        ),
-    );
+    let mut proxy_service = draining_proxy_service(&server.configuration, proxy, "epochgate proxy");
     for addr in &settings.proxy.listen {
         proxy_service.add_tcp(&addr.to_string());
     }
@@ -112,6 +106,33 @@ pub fn build(settings: Settings, opt: Opt) -> Result<EdgeServer, StartError> {
     }
     server.add_service(watchdog);
     Ok(EdgeServer { server, gate })
+}
+
+/// Pingora's grace period when `grace_period_seconds` is not set (its `EXIT_TIMEOUT`).
+const PINGORA_DEFAULT_GRACE_SECONDS: u64 = 300;
+
+/// A proxy as a Pingora service whose idle keep-alive connections drain through the server's
+/// grace period (see [`DrainOnShutdown`]): use it where you would use Pingora's
+/// `http_proxy_service_with_name`.
+pub fn draining_proxy_service<SV>(
+    conf: &Arc<ServerConf>,
+    proxy: SV,
+    name: &str,
+) -> Service<DrainOnShutdown<HttpProxy<SV>>>
+where
+    SV: ProxyHttp + Send + Sync + 'static,
+    SV::CTX: Send + Sync,
+{
+    let grace = conf
+        .grace_period_seconds
+        .unwrap_or(PINGORA_DEFAULT_GRACE_SECONDS);
+    Service::new(
+        name.to_string(),
+        DrainOnShutdown::new(
+            pingora::proxy::http_proxy(conf, proxy),
+            Duration::from_secs(grace),
+        ),
+    )
 }
 
 /// Keeps a shutting-down proxy's idle keep-alive connections open for `drain` (the grace

@@ -264,8 +264,13 @@ impl BackgroundService for ListenWatchdog {
         for addr in &self.addrs {
             let probe = reachable(*addr);
             loop {
+                let port = addr.port();
                 let ok = tokio::task::spawn_blocking(move || {
+                    // A connection alone could reach another process that took the port
+                    // between the bind check and Pingora's bind (Pingora then retries for
+                    // 30 s and gives up): the listener must also be ours.
                     TcpStream::connect_timeout(&probe, Duration::from_millis(200)).is_ok()
+                        && listening_here(port) != Some(false)
                 })
                 .await
                 .unwrap_or(false);
@@ -296,5 +301,81 @@ fn reachable(addr: SocketAddr) -> SocketAddr {
             SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, v6.port()))
         }
         other => other,
+    }
+}
+
+/// Whether this process holds a listening TCP socket on `port`, read from Linux's /proc
+/// (the socket tables and this process's descriptors); `None` where /proc cannot tell.
+fn listening_here(port: u16) -> Option<bool> {
+    let mut listening = Vec::new();
+    let mut readable = false;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        readable = true;
+        // Columns: sl local_address rem_address st ... inode (10th); ports are hex, LISTEN is 0A.
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = fields
+                .get(1)
+                .and_then(|local| local.rsplit(':').next())
+                .and_then(|hex| u16::from_str_radix(hex, 16).ok());
+            if local_port == Some(port) && fields.get(3) == Some(&"0A") {
+                if let Some(inode) = fields.get(9) {
+                    listening.push(format!("socket:[{inode}]"));
+                }
+            }
+        }
+    }
+    if !readable {
+        return None;
+    }
+    let descriptors = std::fs::read_dir("/proc/self/fd").ok()?;
+    Some(descriptors.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .map(|target| listening.iter().any(|s| target.as_os_str() == s.as_str()))
+            .unwrap_or(false)
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_listener_of_this_process_is_recognised() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        assert_eq!(listening_here(port), Some(true));
+        drop(listener);
+        assert_eq!(listening_here(port), Some(false));
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_listener_of_another_process_is_not_ours() {
+        use std::io::BufRead;
+        let script = "import socket, time\n\
+            s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()\n\
+            print(s.getsockname()[1], flush=True); time.sleep(30)";
+        let mut other = std::process::Command::new("python3")
+            .args(["-c", script])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 runs");
+        let mut line = String::new();
+        std::io::BufReader::new(other.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port: u16 = line.trim().parse().unwrap();
+        // The port answers, but the listener is not this process's.
+        let reachable = TcpStream::connect(("127.0.0.1", port)).is_ok();
+        let ours = listening_here(port);
+        let _ = other.kill();
+        let _ = other.wait();
+        assert!(reachable);
+        assert_eq!(ours, Some(false));
     }
 }

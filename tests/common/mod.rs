@@ -29,12 +29,34 @@ pub fn now() -> u64 {
     epochgate::unix_millis() / 1000
 }
 
-/// A port nobody listens on right now.
+/// A loopback port nobody listens on right now, for a listener the edge binds later.
+///
+/// Taken from just below the kernel's ephemeral range, never from it: a port that bind(0)
+/// handed out and released can be handed out again to a parallel test's origin or upstream,
+/// or become the local end of an outgoing connection, before the edge binds it. The edge
+/// then fails to bind, or its readiness probe reaches the other test's listener.
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or(32768);
+    let span = ephemeral_low.saturating_sub(1024).min(16_000);
+    assert!(
+        span > 1000,
+        "no room below the ephemeral port range ({ephemeral_low})"
+    );
+    let first = ephemeral_low - span;
+    // Different test binaries start from different places; within one, ports never repeat.
+    let offset = u64::from(std::process::id()) * 7919;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (first + (offset + n) % span) as u16;
+        if StdListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {first}..{ephemeral_low}");
 }
 
 /// Polls `check` every 20 ms until it returns `Some`, or panics after `within`.

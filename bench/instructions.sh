@@ -65,6 +65,7 @@ measure() { # name port command...
   dump=$(ls "$work/$name".*.out.1)
   total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }')
   IR_PER_REQUEST[$name]=$((total / requests))
+  [ -n "${KEEP_DUMPS:-}" ] && cp "$dump" "$KEEP_DUMPS/$name.callgrind" && echo "$requests" > "$KEEP_DUMPS/$name.requests"
   log "$name: $requests requests, $total instructions, ${IR_PER_REQUEST[$name]} per request"
   if [ "$name" = epochgate ]; then
     printf '\nepochgate hooks, instructions per request (inclusive):\n'

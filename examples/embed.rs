@@ -11,9 +11,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use epochgate::config::ForwardSettings;
 use epochgate::gate::{Gate, Verdict};
-use epochgate::proxy::{gate_request, prepare_upstream_request};
+use epochgate::proxy::{gate_request, prepare_upstream_request, Forwarding};
 use epochgate::server::draining_proxy_service;
 use epochgate::Settings;
 use pingora::http::RequestHeader;
@@ -24,7 +23,7 @@ use pingora::server::Server;
 
 struct MyProxy {
     gate: Arc<Gate>,
-    forward: ForwardSettings,
+    forwarding: Forwarding,
     upstream: SocketAddr,
 }
 
@@ -76,7 +75,7 @@ impl ProxyHttp for MyProxy {
     ) -> pingora::Result<()> {
         // Always called, gated or not: client-sent identity headers are removed either way.
         prepare_upstream_request(
-            &self.forward,
+            &self.forwarding,
             self.gate.token_sources(),
             ctx.as_ref(),
             upstream_request,
@@ -100,7 +99,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &server.configuration,
         MyProxy {
             gate: gate.clone(),
-            forward: settings.forward.clone(),
+            forwarding: Forwarding::new(settings.forward.clone()),
             upstream: settings.proxy.peers[0],
         },
         "embed proxy",

@@ -1,18 +1,22 @@
 //! What the gate decided about a request, and the one place that turns it into a response.
 
+use std::sync::Arc;
+
 /// The gate's verdict on one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// The token is valid and was issued after every sign-out that applies to it.
+    ///
+    /// The ids are shared with the verified-token cache: a cache hit copies no string.
     Allow {
-        account: String,
-        device: String,
+        account: Arc<str>,
+        device: Arc<str>,
     },
     /// The token is valid but no revocation record could be had, and the operator chose
     /// `cache.on_origin_unavailable: allow`.
     AllowUnchecked {
-        account: String,
-        device: String,
+        account: Arc<str>,
+        device: Arc<str>,
     },
     Reject(Reason),
 }

@@ -16,8 +16,8 @@ use crate::token_source::MAX_TOKEN_BYTES;
 /// What a valid token says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifiedToken {
-    pub account: String,
-    pub device: String,
+    pub account: Arc<str>,
+    pub device: Arc<str>,
     /// The session time (`iat` or the configured claim), Unix seconds.
     pub session_time: u64,
     /// The `exp` claim, Unix seconds.
@@ -200,8 +200,8 @@ impl Verifier {
             return Err(InvalidToken::NotYetValid.into());
         }
         Ok(VerifiedToken {
-            account: string_claim(&claims, &self.account_claim)?,
-            device: string_claim(&claims, &self.device_claim)?,
+            account: string_claim(&claims, &self.account_claim)?.into(),
+            device: string_claim(&claims, &self.device_claim)?.into(),
             session_time,
             expires_at: time_claim(&claims, "exp")?,
         })

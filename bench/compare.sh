@@ -2,10 +2,10 @@
 # What the gate costs, against what an operator would run instead. On 127.0.0.1 only; it
 # stops by itself.
 #
-#   bench/compare.sh                 (DURATION=15 seconds a run, RUNS=2 runs a case)
+#   bench/compare.sh                 (DURATION=15 seconds a run, RUNS=3 rounds)
 #
-# One after another, each against the same upstream (nginx `return 200`, one worker) and the
-# same wrk load (bench/rotate_tokens.lua: 10,000 valid tokens for 10,000 accounts):
+# Each against the same upstream (nginx `return 200`, one worker) and the same wrk load
+# (bench/rotate_tokens.lua: 10,000 valid tokens for 10,000 accounts):
 #   1. the upstream directly;
 #   2. Pingora proxying without any gate (examples/passthrough.rs): the floor;
 #   3. epochgate, ES256 tokens, caches warm;
@@ -13,13 +13,17 @@
 #   5. nginx with auth_request to the reference auth origin's /v1/check, the answer cached
 #      per token for 10 s (bench/nginx-auth-request.conf).
 # The proxy under test (cases 2-5: one worker thread / process) is pinned to core 0; wrk, the
-# upstream and the auth origin to core 1. Prints req/s, p50 and p99 per run and case, and the
-# ratios epochgate/passthrough and epochgate/nginx (medians of the runs).
+# upstream and the auth origin to core 1. All proxies run from the start; the cases take
+# turns, one run each per round, so a change in the machine's speed during the benchmark
+# (seen here: ±20 % between minutes) hits every case alike instead of one case's runs.
+# Prints req/s, p50 and p99 per run and case, the proxy's CPU time per request (user and
+# kernel), and the ratios epochgate/passthrough and epochgate/nginx: each the median of the
+# per-round ratios.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-15}
-RUNS=${RUNS:-2}
+RUNS=${RUNS:-3}
 COUNT=${COUNT:-10000}
 CONNECTIONS=${CONNECTIONS:-64}
 ISSUER=https://auth.bench
@@ -75,18 +79,35 @@ summarize() {
         f["p50_us"] / 1000, f["p99_us"] / 1000, f["non2xx"] + f["socket_errors"] }' "$1"
 }
 
-declare -A RESULTS
-measure() { # case-name url tokens
-  local name=$1 url=$2 tokens=$3
-  log "$name: warm-up"
-  run_wrk "$url" "$tokens" 5 "$work/warm.out"
-  for run in $(seq 1 "$RUNS"); do
-    run_wrk "$url" "$tokens" "$DURATION" "$work/$name.$run.out"
-    read -r rps p50 p99 bad < <(summarize "$work/$name.$run.out")
-    [ "$bad" = "0" ] || die "$name run $run: $bad failed requests: $(grep -E 'HTTP|^soak:' "$work/$name.$run.out" | head -4)"
-    log "$name run $run: $rps req/s, p50 $p50, p99 $p99"
-    RESULTS[$name]+="$rps/$p50/$p99 "
+# "user system" CPU clock ticks of a process and its children (nginx's workers), all threads.
+cpu_ticks() { # pid
+  local pid total_user=0 total_sys=0
+  for pid in "$1" $(pgrep -P "$1" || true); do
+    read -r user sys < <(awk '{ sub(/.*\) /, ""); print $12, $13 }' "/proc/$pid/stat" 2>/dev/null || echo "0 0")
+    total_user=$((total_user + user)); total_sys=$((total_sys + sys))
   done
+  echo "$total_user $total_sys"
+}
+
+declare -A RESULTS CPU
+warm_up() { # case-name url tokens
+  run_wrk "$2" "$3" 5 "$work/warm.out"
+}
+measure() { # case-name run url tokens [proxy-pid: also report its CPU time per request]
+  local name=$1 run=$2 url=$3 tokens=$4 pid=${5:-} before="" cpu=""
+  [ -n "$pid" ] && before=$(cpu_ticks "$pid")
+  run_wrk "$url" "$tokens" "$DURATION" "$work/$name.$run.out"
+  read -r rps p50 p99 bad < <(summarize "$work/$name.$run.out")
+  [ "$bad" = "0" ] || die "$name run $run: $bad failed requests: $(grep -E 'HTTP|^soak:' "$work/$name.$run.out" | head -4)"
+  if [ -n "$pid" ]; then
+    # CPU microseconds per request, user and kernel, from the clock ticks the run took.
+    cpu=$(awk -v b="$before" -v a="$(cpu_ticks "$pid")" -v rps="$rps" -v d="$DURATION" -v hz="$(getconf CLK_TCK)" 'BEGIN {
+      split(b, x, " "); split(a, y, " "); n = rps * d
+      printf "%.1f/%.1f", (y[1] - x[1]) / hz * 1e6 / n, (y[2] - x[2]) / hz * 1e6 / n }')
+    CPU[$name]+="$cpu "
+  fi
+  log "$name run $run: $rps req/s, p50 $p50, p99 $p99${cpu:+, proxy CPU per request ${cpu/\// us user, } us kernel}"
+  RESULTS[$name]+="$rps/$p50/$p99 "
 }
 
 edge_config() { # port admin auth-port algorithm
@@ -99,43 +120,52 @@ token: { algorithms: [$4], issuer: "$ISSUER", audience: "$AUDIENCE" }
 cache: { refresh_after: 30s, max_stale: 10m }
 EOF
 }
-# Starts an edge in the background; sets EDGE.
+# Starts an edge in the background; sets EDGE and EDGE_PID.
 start_edge() { # name auth-port algorithm
   local admin; EDGE=$(free_port); admin=$(free_port)
   edge_config "$EDGE" "$admin" "$2" "$3" > "$work/$1.yaml"
   RUST_LOG=warn "${PROXY_PIN[@]}" target/release/epochgate -c "$work/$1.yaml" > "$work/$1.log" 2>&1 & pids+=($!)
+  EDGE_PID=$!
   wait_http "http://127.0.0.1:$admin/readyz"
 }
-stop_last() { kill "${pids[-1]}" 2>/dev/null || true; wait "${pids[-1]}" 2>/dev/null || true; unset 'pids[-1]'; }
 
-log "machine: $(nproc) cores, $placement; wrk -t1 -c$CONNECTIONS, ${DURATION}s x $RUNS runs per case"
-
-# 1. the upstream directly
-measure upstream "http://127.0.0.1:$UPSTREAM/live/seg1.ts" "$work/es256.tokens"
+log "machine: $(nproc) cores, $placement; wrk -t1 -c$CONNECTIONS, ${DURATION}s x $RUNS rounds"
 
 # 2. Pingora without a gate
 PASS=$(free_port)
 "${PROXY_PIN[@]}" target/release/examples/passthrough "127.0.0.1:$PASS" "127.0.0.1:$UPSTREAM" 1 > "$work/pass.log" 2>&1 & pids+=($!)
+PASS_PID=$!
 wait_http "http://127.0.0.1:$PASS/"
-measure passthrough "http://127.0.0.1:$PASS/live/seg1.ts" "$work/es256.tokens"
-stop_last
 
 # 3. and 4. epochgate
-start_edge edge-es256 "$AUTH_ES" ES256
-measure epochgate_es256 "http://127.0.0.1:$EDGE/live/seg1.ts" "$work/es256.tokens"
-stop_last
-start_edge edge-rs256 "$AUTH_RS" RS256
-measure epochgate_rs256 "http://127.0.0.1:$EDGE/live/seg1.ts" "$work/rs256.tokens"
-stop_last
+start_edge edge-es256 "$AUTH_ES" ES256; ES=$EDGE; ES_PID=$EDGE_PID
+start_edge edge-rs256 "$AUTH_RS" RS256; RS=$EDGE; RS_PID=$EDGE_PID
 
 # 5. nginx + auth_request
 NGX=$(free_port)
 sed -e "s#@WORK@#$work#g" -e "s#@PORT@#$NGX#g" -e "s#@UPSTREAM@#$UPSTREAM#g" -e "s#@AUTH@#$AUTH_ES#g" \
   bench/nginx-auth-request.conf > "$work/nginx-auth.conf"
 "${PROXY_PIN[@]}" nginx -c "$work/nginx-auth.conf" -p "$work" & pids+=($!)
+NGX_PID=$!
 wait_http "http://127.0.0.1:$NGX/" 401
-measure nginx_auth_request "http://127.0.0.1:$NGX/live/seg1.ts" "$work/es256.tokens"
-stop_last
+
+# name url tokens proxy-pid (none for the upstream itself)
+CASES=(
+  "upstream http://127.0.0.1:$UPSTREAM/live/seg1.ts $work/es256.tokens"
+  "passthrough http://127.0.0.1:$PASS/live/seg1.ts $work/es256.tokens $PASS_PID"
+  "epochgate_es256 http://127.0.0.1:$ES/live/seg1.ts $work/es256.tokens $ES_PID"
+  "epochgate_rs256 http://127.0.0.1:$RS/live/seg1.ts $work/rs256.tokens $RS_PID"
+  "nginx_auth_request http://127.0.0.1:$NGX/live/seg1.ts $work/es256.tokens $NGX_PID"
+)
+for run in $(seq 1 "$RUNS"); do
+  for case in "${CASES[@]}"; do
+    read -r name url tokens pid <<<"$case"
+    # Right before each run: nginx's auth answers expire after 10 s, and every case should
+    # start its run in the same state (caches warm).
+    warm_up "$name" "$url" "$tokens"
+    measure "$name" "$run" "$url" "$tokens" "$pid"
+  done
+done
 
 # --- report -------------------------------------------------------------------------------
 median_rps() { tr ' ' '\n' <<<"${RESULTS[$1]}" | grep -v '^$' | cut -d/ -f1 | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
@@ -143,7 +173,18 @@ printf '\n%-22s %-40s %12s\n' case "runs (req/s / p50 / p99)" "median req/s"
 for name in upstream passthrough epochgate_es256 epochgate_rs256 nginx_auth_request; do
   printf '%-22s %-40s %12s\n' "$name" "${RESULTS[$name]}" "$(median_rps "$name")"
 done
-awk -v g="$(median_rps epochgate_es256)" -v p="$(median_rps passthrough)" -v n="$(median_rps nginx_auth_request)" -v r="$(median_rps epochgate_rs256)" 'BEGIN {
-  printf "\nepochgate ES256 / passthrough : %.3f  (gate cost %.1f%%)\n", g / p, (1 - g / p) * 100
-  printf "epochgate RS256 / passthrough : %.3f\n", r / p
-  printf "epochgate ES256 / nginx auth_request : %.2fx\n", g / n }'
+printf '\nproxy CPU per request, microseconds user/kernel, per run:\n'
+for name in passthrough epochgate_es256 epochgate_rs256 nginx_auth_request; do
+  printf '%-22s %s\n' "$name" "${CPU[$name]}"
+done
+# Ratios per round (the cases of one round ran minutes apart at most), then their median.
+median_ratio() { # numerator-case denominator-case
+  paste -d' ' <(tr ' ' '\n' <<<"${RESULTS[$1]}" | grep -v '^$' | cut -d/ -f1) \
+              <(tr ' ' '\n' <<<"${RESULTS[$2]}" | grep -v '^$' | cut -d/ -f1) \
+    | awk '{ print $1 / $2 }' | sort -g \
+    | awk '{ v[NR] = $1; all = all sprintf(" %.3f", $1) } END {
+        printf "%.3f  (per round, sorted:%s)", (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2), all }'
+}
+printf '\nepochgate ES256 / passthrough : %s\n' "$(median_ratio epochgate_es256 passthrough)"
+printf 'epochgate RS256 / passthrough : %s\n' "$(median_ratio epochgate_rs256 passthrough)"
+printf 'epochgate ES256 / nginx auth_request : %s\n' "$(median_ratio epochgate_es256 nginx_auth_request)"

@@ -11,8 +11,10 @@
 # token once (warm-up: the verified-token and epoch caches fill), zero the counters, run wrk
 # for MEASURE_SECONDS, dump the counters and divide by the requests wrk completed. Prints
 # instructions per request, the ratio epochgate / passthrough, and the instructions spent in
-# epochgate's own hooks. Environment: COUNT (1000 tokens: few enough that the warm-up covers
-# them all at callgrind's speed), MEASURE_SECONDS (15).
+# epochgate's own hooks. Environment: COUNT (1000 tokens; the warm-up repeats 20 s loads
+# until every token was sent once, which takes about a minute per proxy for 10000 at
+# callgrind's speed), MEASURE_SECONDS (15), KEEP_DUMPS (a directory to copy the callgrind
+# dumps to, for callgrind_annotate).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -54,7 +56,12 @@ measure() { # name port command...
   local pid=$!
   wait_ready "$port"
   log "$name: warm-up (every token once at callgrind's speed)"
-  load "$port" 20 "$work/$name.warm"
+  # wrk's one thread hands out the tokens in turn: COUNT requests have sent each of them.
+  local sent=0
+  while [ "$sent" -lt "$COUNT" ]; do
+    load "$port" 20 "$work/$name.warm"
+    sent=$((sent + $(awk '/requests in/ { print $1 }' "$work/$name.warm")))
+  done
   callgrind_control -z "$pid" > /dev/null 2>&1
   load "$port" "$MEASURE_SECONDS" "$work/$name.wrk"
   callgrind_control -d "$pid" > /dev/null 2>&1

@@ -3,7 +3,7 @@
 #   ./dev.sh demo   build and run the demo (auth origin, streaming origin and edge on loopback)
 #   ./dev.sh test   run the whole test suite (cargo tests, promtool, hadolint)
 # Each installs what is missing on a Debian machine first (cmake for Pingora's zlib-ng,
-# curl, promtool, ffmpeg, hadolint), or prints the exact command to run when it cannot.
+# curl, promtool, ffmpeg, python3, hadolint), or prints the exact command to run when it cannot.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -39,7 +39,8 @@ case "${1:-}" in
     ;;
   test)
     need_rust
-    apt_wanted cmake:cmake curl:curl cc:gcc promtool:prometheus ffmpeg:ffmpeg
+    # python3: a unit test starts a listener in another process with it.
+    apt_wanted cmake:cmake curl:curl cc:gcc promtool:prometheus ffmpeg:ffmpeg python3:python3
     need_hadolint
     log "hadolint Dockerfile"
     "$HADOLINT" Dockerfile

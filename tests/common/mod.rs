@@ -144,7 +144,10 @@ impl TestOrigin {
             tasks: None,
             accept: None,
         };
-        origin.listen(0).await;
+        // A port from `free_port`, not bind(0): while a test has the origin stopped, no
+        // parallel test's listener or outgoing connection can take its port, so "down" stays
+        // "connection refused" and `restart` gets the same port back.
+        origin.listen(free_port()).await;
         origin
     }
 
@@ -169,11 +172,13 @@ impl TestOrigin {
     }
 
     async fn listen(&mut self, port: u16) {
+        // After a restart the port was only just released: give the kernel a moment.
+        let deadline = Instant::now() + Duration::from_secs(10);
         let listener = loop {
             match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
                 Ok(l) => break l,
-                Err(_) if port != 0 => tokio::time::sleep(Duration::from_millis(20)).await,
-                Err(e) => panic!("bind: {e}"),
+                Err(e) if Instant::now() > deadline => panic!("bind 127.0.0.1:{port}: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
             }
         };
         self.addr = listener.local_addr().unwrap();

@@ -51,8 +51,8 @@ pub async fn write_rejection(session: &mut Session, reason: Reason) -> Result<()
 }
 
 /// The forwarding settings, with the identity header names prebuilt in the form Pingora's
-/// header map takes them: built per request, each name was copied and compared again, a
-/// fifth of what forwarding an allowed request cost.
+/// header map takes them: built per request from an `http::HeaderName`, each name was
+/// copied and compared again, about a tenth of what forwarding an allowed request cost.
 #[derive(Debug, Clone)]
 pub struct Forwarding {
     settings: ForwardSettings,

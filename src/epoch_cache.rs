@@ -26,7 +26,8 @@ pub struct CachedRecord {
     /// in every entry instead of a 48-byte map that is almost always empty.
     #[allow(clippy::box_collection)]
     devices: Option<Box<HashMap<String, u64>>>,
-    /// When the origin (or the feed) last confirmed it, on the [`crate::monotonic_millis`] clock.
+    /// When the origin (or the feed) last confirmed it, on the [`crate::monotonic_millis`]
+    /// clock: for a fetch, when it was asked for, since its answer may predate its arrival.
     confirmed_at_ms: u64,
     last_attempt_ms: AtomicU64,
     /// Set while a background refresh of this entry is running or waiting to retry.
@@ -36,11 +37,11 @@ pub struct CachedRecord {
 }
 
 impl CachedRecord {
-    fn new(record: RevocationRecord) -> Self {
+    fn new(record: RevocationRecord, confirmed_at_ms: u64) -> Self {
         CachedRecord {
             epoch: record.epoch,
             devices: (!record.devices.is_empty()).then(|| Box::new(record.devices)),
-            confirmed_at_ms: crate::monotonic_millis(),
+            confirmed_at_ms,
             last_attempt_ms: AtomicU64::new(0),
             refresh_claimed: AtomicBool::new(false),
             forced_due: AtomicBool::new(false),
@@ -111,19 +112,24 @@ impl FeedCoverage {
 
     /// The origin could not replay what we missed: nothing cached so far is vouched for.
     pub fn reset(&self) {
-        let now = crate::monotonic_millis();
-        self.covered_since_ms.store(now, Ordering::Release);
-        self.due_before_ms.store(now, Ordering::Release);
+        self.reset_at(crate::monotonic_millis());
     }
 
+    fn reset_at(&self, now_ms: u64) {
+        self.covered_since_ms.store(now_ms, Ordering::Release);
+        self.due_before_ms.store(now_ms, Ordering::Release);
+    }
+
+    // A record confirmed in the same millisecond as a reset or a fresh connection may come
+    // from before it: ties count as before (one more fetch, never a missed sign-out).
     fn covers(&self, entry: &CachedRecord) -> bool {
         self.connected.load(Ordering::Acquire)
-            && entry.confirmed_at_ms >= self.covered_since_ms.load(Ordering::Acquire)
+            && entry.confirmed_at_ms > self.covered_since_ms.load(Ordering::Acquire)
     }
 
     fn due(&self, entry: &CachedRecord) -> bool {
         entry.forced_due.load(Ordering::Acquire)
-            || entry.confirmed_at_ms < self.due_before_ms.load(Ordering::Acquire)
+            || entry.confirmed_at_ms <= self.due_before_ms.load(Ordering::Acquire)
     }
 }
 
@@ -249,13 +255,13 @@ impl EpochCache {
         if !fetching && !self.inner.cache.contains_key(account) {
             return false;
         }
-        Inner::merge(&self.inner, account, record).await;
+        Inner::merge(&self.inner, account, record, crate::monotonic_millis()).await;
         true
     }
 
     /// Merges a record into the cache (max of old and new), marking it confirmed now.
     pub async fn merge(&self, account: &str, record: RevocationRecord) -> Arc<CachedRecord> {
-        Inner::merge(&self.inner, account, record).await
+        Inner::merge(&self.inner, account, record, crate::monotonic_millis()).await
     }
 
     /// At most one refresh per entry at a time, and not more than once per [`REFRESH_RETRY`].
@@ -292,9 +298,10 @@ impl EpochCache {
         }
         let inner = self.inner.clone();
         let key = account.to_string();
+        let asked_at_ms = crate::monotonic_millis();
         let task = tokio::spawn(async move {
             let result = match inner.origin.fetch_record(&key).await {
-                Ok(record) => Ok(Inner::merge(&inner, &key, record).await),
+                Ok(record) => Ok(Inner::merge(&inner, &key, record, asked_at_ms).await),
                 Err(e) => Err(e),
             };
             if let Ok(mut map) = inner.in_flight.lock() {
@@ -314,22 +321,55 @@ impl EpochCache {
 }
 
 impl Inner {
+    /// The merged record holds everything either one held, so it is confirmed as of the
+    /// later of the two confirmations.
     async fn merge(
         inner: &Arc<Inner>,
         account: &str,
         record: RevocationRecord,
+        confirmed_at_ms: u64,
     ) -> Arc<CachedRecord> {
         let entry = inner
             .cache
             .entry_by_ref(account)
             .and_upsert_with(|existing| {
-                let merged = match existing {
-                    Some(old) => old.value().record().merged(&record),
-                    None => record,
+                let (merged, confirmed_at_ms) = match existing {
+                    Some(old) => (
+                        old.value().record().merged(&record),
+                        old.value().confirmed_at_ms.max(confirmed_at_ms),
+                    ),
+                    None => (record, confirmed_at_ms),
                 };
-                std::future::ready(Arc::new(CachedRecord::new(merged)))
+                std::future::ready(Arc::new(CachedRecord::new(merged, confirmed_at_ms)))
             })
             .await;
         entry.into_value()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn confirmed_at(ms: u64) -> CachedRecord {
+        CachedRecord::new(RevocationRecord::default(), ms)
+    }
+
+    #[test]
+    fn record_confirmed_in_the_same_millisecond_as_a_reset_is_due_and_not_covered() {
+        let coverage = FeedCoverage::default();
+        coverage.connected(false);
+        coverage.reset_at(100);
+        assert!(coverage.due(&confirmed_at(100)));
+        assert!(!coverage.covers(&confirmed_at(100)));
+    }
+
+    #[test]
+    fn record_confirmed_after_a_reset_is_covered_and_not_due() {
+        let coverage = FeedCoverage::default();
+        coverage.connected(false);
+        coverage.reset_at(100);
+        assert!(!coverage.due(&confirmed_at(101)));
+        assert!(coverage.covers(&confirmed_at(101)));
     }
 }

@@ -68,16 +68,6 @@ impl Forwarding {
             settings,
         }
     }
-
-    pub fn settings(&self) -> &ForwardSettings {
-        &self.settings
-    }
-}
-
-impl From<ForwardSettings> for Forwarding {
-    fn from(settings: ForwardSettings) -> Forwarding {
-        Forwarding::new(settings)
-    }
 }
 
 /// Removes client-sent identity headers (always: a client can never spoof them), adds the

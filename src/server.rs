@@ -263,8 +263,8 @@ impl BackgroundService for ListenWatchdog {
         let deadline = Instant::now() + LISTEN_DEADLINE;
         for addr in &self.addrs {
             let probe = reachable(*addr);
+            let port = addr.port();
             loop {
-                let port = addr.port();
                 let ok = tokio::task::spawn_blocking(move || {
                     // A connection alone could reach another process that took the port
                     // between the bind check and Pingora's bind (Pingora then retries for

@@ -124,12 +124,16 @@ impl Gate {
     /// Decides about one token. The signature is verified before any epoch lookup, so a
     /// forged token never costs an auth-origin request.
     pub async fn decide(&self, token: &str) -> Decision {
-        let verified = match self.verifier.verify(token).await {
-            Ok(v) => v,
+        let (verified, last_record) = match self.verifier.verify_with_last_record(token).await {
+            Ok(v) => (v.token, v.last_record),
             Err(VerifyError::Invalid(why)) => return Decision::Reject(Reason::InvalidToken(why)),
             Err(VerifyError::NoKeys) => return Decision::Reject(Reason::NotReady),
         };
-        let record = match self.cache.lookup(&verified.account).await {
+        let found = match &last_record {
+            Some(last) => self.cache.lookup_from(&verified.account, last).await,
+            None => self.cache.lookup(&verified.account).await,
+        };
+        let record = match found {
             Lookup::Fresh(entry) | Lookup::Stale(entry) => entry,
             Lookup::Unavailable => {
                 return match self.on_origin_unavailable {

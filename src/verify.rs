@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use crate::config::TokenSettings;
 use crate::decision::InvalidToken;
+use crate::epoch_cache::LastRecord;
 use crate::keys::KeyStore;
 use crate::token_source::MAX_TOKEN_BYTES;
 
@@ -24,10 +25,19 @@ pub struct VerifiedToken {
     pub expires_at: u64,
 }
 
-/// A token verified before: its claims, and the key set it was verified against.
+/// A token verified before: its claims, the key set it was verified against, and the
+/// revocation record it was last judged by.
 struct Remembered {
     token: VerifiedToken,
     key_generation: u64,
+    last_record: Arc<LastRecord>,
+}
+
+/// A verified token and, when the verified-token cache holds it, the slot where the gate
+/// keeps the revocation record it was last judged by (see [`LastRecord`]).
+pub struct Verified {
+    pub token: VerifiedToken,
+    pub last_record: Option<Arc<LastRecord>>,
 }
 
 /// Entries of the verified-token cache live until their token's `exp`, never longer.
@@ -134,31 +144,46 @@ impl Verifier {
 
     /// Checks the token completely before anything else looks at its claims.
     pub async fn verify(&self, token: &str) -> Result<VerifiedToken, VerifyError> {
+        self.verify_with_last_record(token).await.map(|v| v.token)
+    }
+
+    /// [`Verifier::verify`], with the slot of the record a remembered token was last judged by.
+    pub async fn verify_with_last_record(&self, token: &str) -> Result<Verified, VerifyError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(InvalidToken::TooLong.into());
         }
         if let Some(known) = self.remembered(token) {
             return Ok(known);
         }
-        let verified = self.verify_signature_and_claims(token).await?;
-        if let Some(cache) = &self.verified {
+        let token_claims = self.verify_signature_and_claims(token).await?;
+        let last_record = self.verified.as_ref().map(|cache| {
+            let last_record = Arc::new(LastRecord::default());
             cache.insert(
                 Arc::from(token),
                 Arc::new(Remembered {
-                    token: verified.clone(),
+                    token: token_claims.clone(),
                     key_generation: self.keys.generation(),
+                    last_record: last_record.clone(),
                 }),
             );
-        }
-        Ok(verified)
+            last_record
+        });
+        Ok(Verified {
+            token: token_claims,
+            last_record,
+        })
     }
 
     /// A token verified before, against the key set still in use, and not yet expired.
-    fn remembered(&self, token: &str) -> Option<VerifiedToken> {
+    fn remembered(&self, token: &str) -> Option<Verified> {
         let hit = self.verified.as_ref()?.get(token)?;
         let now = crate::unix_millis() / 1000;
-        (hit.key_generation == self.keys.generation() && now < hit.token.expires_at)
-            .then(|| hit.token.clone())
+        (hit.key_generation == self.keys.generation() && now < hit.token.expires_at).then(|| {
+            Verified {
+                token: hit.token.clone(),
+                last_record: Some(hit.last_record.clone()),
+            }
+        })
     }
 
     async fn verify_signature_and_claims(&self, token: &str) -> Result<VerifiedToken, VerifyError> {

@@ -14,12 +14,21 @@
 # epochgate's own hooks. Environment: COUNT (1000 tokens; the warm-up repeats 20 s loads
 # until every token was sent once, which takes about a minute per proxy for 10000 at
 # callgrind's speed), MEASURE_SECONDS (15), KEEP_DUMPS (a directory to copy the callgrind
-# dumps to, for callgrind_annotate).
+# dumps to, for callgrind_annotate), CACHE_SIM=1 (also simulate the caches and print the
+# misses per request: first-level instruction and data misses, last-level data misses; what
+# a bigger code path and lookups spread over many tokens and accounts cost, which
+# instruction counts do not show), LL (the simulated last level, see below), EPOCHGATE_BIN
+# (the edge binary to measure, default this tree's release build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 COUNT=${COUNT:-1000}
 MEASURE_SECONDS=${MEASURE_SECONDS:-15}
+# Another build of the edge to measure (an older commit's, say); the passthrough is this tree's.
+EPOCHGATE_BIN=${EPOCHGATE_BIN:-target/release/epochgate}
+# The simulated last-level cache: one core's own 2 MiB L2 on this machine (the L3 is shared
+# with whatever else runs on the host). Size, associativity, line size.
+LL=${LL:-2097152,16,64}
 ISSUER=https://auth.bench
 AUDIENCE=streaming-edge
 
@@ -41,25 +50,26 @@ target/release/examples/bench_origins --auth-port "$AUTH" --upstream-port "$(fre
 for _ in $(seq 1 600); do grep -q ready "$work/origin.out" 2>/dev/null && break; sleep 0.1; done
 grep -q ready "$work/origin.out" || die "the origins did not start: $(cat "$work/origin.out")"
 
-load() { # port seconds out
-  wrk -t1 -c16 -d"$2s" -s bench/rotate_tokens.lua "http://127.0.0.1:$1/live/seg1.ts" \
+load() { # port seconds out [first token]
+  TOKENS_START=${4:-0} wrk -t1 -c16 -d"$2s" -s bench/rotate_tokens.lua "http://127.0.0.1:$1/live/seg1.ts" \
     -- "$work/tokens" > "$3" 2>&1 || die "wrk failed: $(cat "$3")"
   grep -q "Non-2xx" "$3" && die "non-2xx answers: $(cat "$3")"
   return 0
 }
 
-declare -A IR_PER_REQUEST
+declare -A IR_PER_REQUEST MISSES_PER_REQUEST
 measure() { # name port command...
   local name=$1 port=$2; shift 2
-  valgrind --tool=callgrind --callgrind-out-file="$work/$name.%p.out" "$@" \
+  valgrind --tool=callgrind ${CACHE_SIM:+--cache-sim=yes --LL=$LL} --callgrind-out-file="$work/$name.%p.out" "$@" \
     > "$work/$name.log" 2>&1 & pids+=($!)
   local pid=$!
   wait_ready "$port"
   log "$name: warm-up (every token once at callgrind's speed)"
-  # wrk's one thread hands out the tokens in turn: COUNT requests have sent each of them.
+  # wrk's one thread hands out the tokens in turn, each run from where the last one stopped
+  # (at callgrind's speed a run sends fewer than 10,000): COUNT requests have sent each once.
   local sent=0
   while [ "$sent" -lt "$COUNT" ]; do
-    load "$port" 20 "$work/$name.warm"
+    load "$port" 20 "$work/$name.warm" "$sent"
     sent=$((sent + $(awk '/requests in/ { print $1 }' "$work/$name.warm")))
   done
   callgrind_control -z "$pid" > /dev/null 2>&1
@@ -72,6 +82,14 @@ measure() { # name port command...
   dump=$(ls "$work/$name".*.out.1)
   total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }')
   IR_PER_REQUEST[$name]=$((total / requests))
+  if [ -n "${CACHE_SIM:-}" ]; then
+    # Read and write misses together, per level, from the totals under the "Events" line.
+    MISSES_PER_REQUEST[$name]=$(callgrind_annotate "$dump" 2>/dev/null | awk -v n="$requests" '
+      /^Events shown:/ { for (i = 3; i <= NF; i++) col[$i] = i - 2 }
+      /PROGRAM TOTALS/ { gsub(/\([^)]*\)/, ""); gsub(",", "")
+        printf "%.0f %.0f %.1f", ($col["I1mr"]) / n, ($col["D1mr"] + $col["D1mw"]) / n,
+          ($col["DLmr"] + $col["DLmw"]) / n }')
+  fi
   [ -n "${KEEP_DUMPS:-}" ] && cp "$dump" "$KEEP_DUMPS/$name.callgrind" && echo "$requests" > "$KEEP_DUMPS/$name.requests"
   log "$name: $requests requests, $total instructions, ${IR_PER_REQUEST[$name]} per request"
   if [ "$name" = epochgate ]; then
@@ -104,8 +122,16 @@ auth_origin: { url: "http://127.0.0.1:$AUTH", timeout: 1s }
 token: { algorithms: [ES256], issuer: "$ISSUER", audience: "$AUDIENCE" }
 cache: { refresh_after: 30m, max_stale: 60m }
 EOF
-RUST_LOG=warn measure epochgate "$EDGE" target/release/epochgate -c "$work/edge.yaml"
+RUST_LOG=warn measure epochgate "$EDGE" "$EPOCHGATE_BIN" -c "$work/edge.yaml"
 
 awk -v g="${IR_PER_REQUEST[epochgate]}" -v p="${IR_PER_REQUEST[passthrough]}" 'BEGIN {
   printf "\npassthrough: %d instructions/request\nepochgate:   %d instructions/request\n", p, g
   printf "epochgate / passthrough: %.3f  (gate cost %.1f%% of the proxy'"'"'s instructions)\n", g / p, (g / p - 1) * 100 }'
+if [ -n "${CACHE_SIM:-}" ]; then
+  printf '\ncache misses per request, simulated (L1 32 KiB each; last level %s):\n' "$LL"
+  printf '%-12s %10s %10s %12s\n' "" "L1 instr" "L1 data" "last level"
+  for name in passthrough epochgate; do
+    read -r i1 d1 dl <<<"${MISSES_PER_REQUEST[$name]}"
+    printf '%-12s %10s %10s %12s\n' "$name:" "$i1" "$d1" "$dl"
+  done
+fi

@@ -4,7 +4,8 @@
 --
 --   wrk -t1 -c64 -d60s --latency -s bench/rotate_tokens.lua http://127.0.0.1:8080/live/seg1.ts -- TOKENS_FILE
 --
--- The tokens file is the first script argument, or $TOKENS_FILE.
+-- The tokens file is the first script argument, or $TOKENS_FILE. $TOKENS_START (default 0)
+-- shifts where the threads start in the list.
 -- Non-2xx responses are counted by status in response() and printed in done(), with a
 -- machine-readable `soak:` line that bench/soak.sh reads.
 
@@ -37,7 +38,9 @@ function init(args)
       error("rotate_tokens.lua: no tokens in " .. path)
    end
    -- Per-thread state, read back in done() with thread:get().
-   next_index = (id * 7919) % #prepared
+   -- TOKENS_START lets a series of runs go on where the last one stopped (a warm-up that
+   -- must send every token once, over several runs).
+   next_index = (id * 7919 + (tonumber(os.getenv("TOKENS_START")) or 0)) % #prepared
    statuses = {}
    non2xx = 0
    tokens = #prepared

@@ -26,9 +26,9 @@ COUNT=${COUNT:-1000}
 MEASURE_SECONDS=${MEASURE_SECONDS:-15}
 # Another build of the edge to measure (an older commit's, say); the passthrough is this tree's.
 EPOCHGATE_BIN=${EPOCHGATE_BIN:-target/release/epochgate}
-# The simulated last-level cache: one core's own 2 MiB L2 on this machine (the L3 is shared
+# The simulated last-level cache: one core's own L2 on this machine, 1 MiB 8-way (the L3 is shared
 # with whatever else runs on the host). Size, associativity, line size.
-LL=${LL:-2097152,16,64}
+LL=${LL:-1048576,8,64}
 ISSUER=https://auth.bench
 AUDIENCE=streaming-edge
 

@@ -80,15 +80,16 @@ measure() { # name port command...
   requests=$(awk '/requests in/ { print $1 }' "$work/$name.wrk")
   # The dump made on request (callgrind_control -d) is the one with a ".1" suffix.
   dump=$(ls "$work/$name".*.out.1)
-  total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }')
+  callgrind_annotate "$dump" > "$work/$name.totals" 2>/dev/null
+  total=$(awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }' "$work/$name.totals")
   IR_PER_REQUEST[$name]=$((total / requests))
   if [ -n "${CACHE_SIM:-}" ]; then
     # Read and write misses together, per level, from the totals under the "Events" line.
-    MISSES_PER_REQUEST[$name]=$(callgrind_annotate "$dump" 2>/dev/null | awk -v n="$requests" '
+    MISSES_PER_REQUEST[$name]=$(awk -v n="$requests" '
       /^Events shown:/ { for (i = 3; i <= NF; i++) col[$i] = i - 2 }
       /PROGRAM TOTALS/ { gsub(/\([^)]*\)/, ""); gsub(",", "")
         printf "%.0f %.0f %.1f", ($col["I1mr"]) / n, ($col["D1mr"] + $col["D1mw"]) / n,
-          ($col["DLmr"] + $col["DLmw"]) / n }')
+          ($col["DLmr"] + $col["DLmw"]) / n }' "$work/$name.totals")
   fi
   [ -n "${KEEP_DUMPS:-}" ] && cp "$dump" "$KEEP_DUMPS/$name.callgrind" && echo "$requests" > "$KEEP_DUMPS/$name.requests"
   log "$name: $requests requests, $total instructions, ${IR_PER_REQUEST[$name]} per request"
@@ -98,7 +99,8 @@ measure() { # name port command...
       | grep -E '\] *$' \
       | grep -E 'EpochGateProxy as pingora_proxy::proxy_trait::ProxyHttp>::(request_filter|upstream_request_filter)|epochgate::gate::Gate::(check|decide)|epochgate::verify::Verifier::remembered|epochgate::epoch_cache::EpochCache::lookup|pingora_http::RequestHeader::insert_header' \
       | awk -v n="$requests" '{ ir = $1; gsub(",", "", ir); name = $0; sub(/ \[.*/, "", name)
-          sub(/^[^(]*\([^)]*\) *[^ ]*\.rs:/, "", name); printf "  %7.0f  %s\n", ir / n, name }'
+          # Up to the last "file.rs:": with CACHE_SIM the line has a column per cache event.
+          sub(/^.*\.rs:/, "", name); printf "  %7.0f  %s\n", ir / n, name }'
   fi
 }
 wait_ready() { # port: the proxy answers a valid token with 200

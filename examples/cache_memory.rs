@@ -1,5 +1,6 @@
 //! What a million cached accounts cost: fills the epoch cache with N accounts (no devices,
-//! as most accounts are) and prints the process RSS before and after.
+//! as most accounts are) and prints the process RSS before and after. Then the same for N
+//! tokens in the verified-token cache.
 //!
 //! ```text
 //! cargo run --release --example cache_memory -- 1000000
@@ -9,10 +10,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use epochgate::config::{AuthOriginSettings, CacheSettings, FeedSettings, OnOriginUnavailable};
-use epochgate::epoch_cache::EpochCache;
+use epochgate::epoch_cache::{EpochCache, LastRecord};
 use epochgate::metrics::Metrics;
 use epochgate::origin::OriginClient;
 use epochgate::revocation::RevocationRecord;
+use epochgate::verified_cache::{Remembered, TokenKey, VerifiedCache};
+use epochgate::verify::VerifiedToken;
 
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -77,5 +80,29 @@ async fn main() {
     println!(
         "{entries} accounts cached: RSS {before} KiB -> {after} KiB, {:.0} bytes per account",
         (after - before) as f64 * 1024.0 / entries as f64
+    );
+
+    let now = epochgate::unix_millis() / 1000;
+    let tokens = VerifiedCache::new(n);
+    let before = rss_kib();
+    for i in 0..n {
+        // Each token's claims are parsed on their own, so nothing is shared between entries.
+        let remembered = Remembered {
+            token: VerifiedToken {
+                account: format!("account-{i:016}").into(),
+                device: format!("device-{i:08}").into(),
+                session_time: now,
+                expires_at: now + 3600,
+            },
+            key_generation: 1,
+            last_record: Arc::new(LastRecord::default()),
+        };
+        tokens.insert(TokenKey::of(&format!("token-{i}")), remembered, now);
+    }
+    let after = rss_kib();
+    println!(
+        "{} tokens remembered: RSS {before} KiB -> {after} KiB, {:.0} bytes per token",
+        tokens.len(),
+        (after - before) as f64 * 1024.0 / tokens.len() as f64
     );
 }

@@ -5,7 +5,7 @@
 //! Tokens issued before the epoch are rejected; everything else goes to the upstream.
 //!
 //! The request path, one module per stage:
-//! [`token_source`] → [`verify`] (keys from [`keys`]) → [`epoch_cache`] (records from
+//! [`token_source`] → [`verify`] (keys from [`keys`], repeat tokens from [`verified_cache`]) → [`epoch_cache`] (records from
 //! [`origin`], rules in [`revocation`]) → [`gate`] → [`decision`] → [`proxy`] (Pingora glue).
 //! Around it: [`config`], [`metrics`], [`admin`], [`server`], and the [`reference`] auth
 //! origin and streaming origin used by the demo and the tests.
@@ -25,6 +25,7 @@ pub mod reference;
 pub mod revocation;
 pub mod server;
 pub mod token_source;
+pub mod verified_cache;
 pub mod verify;
 
 pub use config::Settings;

@@ -13,6 +13,7 @@ use crate::decision::InvalidToken;
 use crate::epoch_cache::LastRecord;
 use crate::keys::KeyStore;
 use crate::token_source::MAX_TOKEN_BYTES;
+use crate::verified_cache::{Remembered, TokenKey, VerifiedCache};
 
 /// What a valid token says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,36 +26,11 @@ pub struct VerifiedToken {
     pub expires_at: u64,
 }
 
-/// A token verified before: its claims, the key set it was verified against, and the
-/// revocation record it was last judged by.
-struct Remembered {
-    token: VerifiedToken,
-    key_generation: u64,
-    last_record: Arc<LastRecord>,
-}
-
 /// A verified token and, when the verified-token cache holds it, the slot where the gate
 /// keeps the revocation record it was last judged by (see [`LastRecord`]).
 pub struct Verified {
     pub token: VerifiedToken,
     pub last_record: Option<Arc<LastRecord>>,
-}
-
-/// Entries of the verified-token cache live until their token's `exp`, never longer.
-struct UntilExpiry;
-
-impl moka::Expiry<Arc<str>, Arc<Remembered>> for UntilExpiry {
-    fn expire_after_create(
-        &self,
-        _key: &Arc<str>,
-        value: &Arc<Remembered>,
-        _created_at: std::time::Instant,
-    ) -> Option<std::time::Duration> {
-        let now = crate::unix_millis() / 1000;
-        Some(std::time::Duration::from_secs(
-            value.token.expires_at.saturating_sub(now),
-        ))
-    }
 }
 
 /// Why verification did not produce a token.
@@ -74,9 +50,8 @@ impl From<InvalidToken> for VerifyError {
 /// Verifies tokens against a [`KeyStore`] with one prepared `Validation` per algorithm.
 pub struct Verifier {
     keys: Arc<KeyStore>,
-    /// Tokens already verified, keyed by the whole token (so no other token can ever hit an
-    /// entry), bounded, each entry gone at its token's `exp`. `None` when disabled.
-    verified: Option<moka::sync::Cache<Arc<str>, Arc<Remembered>, ahash::RandomState>>,
+    /// Tokens already verified (see [`VerifiedCache`]). `None` when disabled.
+    verified: Option<VerifiedCache>,
     validations: HashMap<Algorithm, Validation>,
     account_claim: String,
     device_claim: String,
@@ -115,18 +90,8 @@ impl Verifier {
                 (*alg, v)
             })
             .collect();
-        // Weighed by token length, bounded at 1 KiB per configured entry: ordinary tokens
-        // (well under 1 KiB) fit `verified_cache_entries` of them, and large ones cannot
-        // multiply the memory.
-        let verified = (settings.verified_cache_entries > 0).then(|| {
-            moka::sync::Cache::builder()
-                .max_capacity(settings.verified_cache_entries.saturating_mul(1024))
-                .weigher(|token: &Arc<str>, _: &Arc<Remembered>| token.len() as u32 + 128)
-                .expire_after(UntilExpiry)
-                // Tokens are hashed whole (hundreds of bytes) on every request: a randomly
-                // seeded ahash costs a fraction of std's SipHash and stays keyed per process.
-                .build_with_hasher(ahash::RandomState::new())
-        });
+        let verified = (settings.verified_cache_entries > 0)
+            .then(|| VerifiedCache::new(settings.verified_cache_entries));
         Verifier {
             keys,
             verified,
@@ -152,22 +117,28 @@ impl Verifier {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(InvalidToken::TooLong.into());
         }
-        if let Some(known) = self.remembered(token) {
+        let Some(cache) = &self.verified else {
+            return Ok(Verified {
+                token: self.verify_signature_and_claims(token).await?,
+                last_record: None,
+            });
+        };
+        let key = TokenKey::of(token);
+        if let Some(known) = self.remembered(cache, &key) {
             return Ok(known);
         }
+        // Read before verifying: if the key set changes meanwhile, the entry counts as older
+        // than it and the token is verified again, never the other way round.
+        let key_generation = self.keys.generation();
         let token_claims = self.verify_signature_and_claims(token).await?;
-        let last_record = self.verified.as_ref().map(|cache| {
-            let last_record = Arc::new(LastRecord::default());
-            cache.insert(
-                Arc::from(token),
-                Arc::new(Remembered {
-                    token: token_claims.clone(),
-                    key_generation: self.keys.generation(),
-                    last_record: last_record.clone(),
-                }),
-            );
-            last_record
-        });
+        let last_record = Arc::new(LastRecord::default());
+        let remembered = Remembered {
+            token: token_claims.clone(),
+            key_generation,
+            last_record: last_record.clone(),
+        };
+        cache.insert(key, remembered, crate::unix_millis() / 1000);
+        let last_record = Some(last_record);
         Ok(Verified {
             token: token_claims,
             last_record,
@@ -175,14 +146,11 @@ impl Verifier {
     }
 
     /// A token verified before, against the key set still in use, and not yet expired.
-    fn remembered(&self, token: &str) -> Option<Verified> {
-        let hit = self.verified.as_ref()?.get(token)?;
-        let now = crate::unix_millis() / 1000;
-        (hit.key_generation == self.keys.generation() && now < hit.token.expires_at).then(|| {
-            Verified {
-                token: hit.token.clone(),
-                last_record: Some(hit.last_record.clone()),
-            }
+    fn remembered(&self, cache: &VerifiedCache, key: &TokenKey) -> Option<Verified> {
+        let hit = cache.get(key, crate::unix_millis() / 1000)?;
+        (hit.key_generation == self.keys.generation()).then(|| Verified {
+            token: hit.token,
+            last_record: Some(hit.last_record),
         })
     }
 

@@ -11,8 +11,9 @@
 # only if /metrics must be scraped from outside the container.
 
 FROM rust:1-bookworm AS builder
-# cmake is used by the build scripts of aws-lc-sys and libz-ng-sys. Debian package versions
-# are not pinned: bookworm point releases remove superseded versions, which breaks pins.
+# cmake is used by the build scripts of aws-lc-sys and libz-ng-sys (make, for jemalloc, is in
+# the image already). Debian package versions are not pinned: bookworm point releases remove
+# superseded versions, which breaks pins.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends cmake \

@@ -2,7 +2,7 @@
 # The two commands of the README:
 #   ./dev.sh demo   build and run the demo (auth origin, streaming origin and edge on loopback)
 #   ./dev.sh test   run the whole test suite (cargo tests, promtool, hadolint)
-# Each installs what is missing on a Debian machine first (cmake for Pingora's zlib-ng,
+# Each installs what is missing on a Debian machine first (cmake for Pingora's zlib-ng, make for jemalloc,
 # curl, promtool, ffmpeg, python3, hadolint), or prints the exact command to run when it cannot.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -33,14 +33,14 @@ need_hadolint() {
 case "${1:-}" in
   demo)
     need_rust
-    apt_wanted cmake:cmake curl:curl cc:gcc
+    apt_wanted cmake:cmake curl:curl cc:gcc make:make
     shift
     cargo run --release --locked -- demo "$@"
     ;;
   test)
     need_rust
     # python3: a unit test starts a listener in another process with it.
-    apt_wanted cmake:cmake curl:curl cc:gcc promtool:prometheus ffmpeg:ffmpeg python3:python3
+    apt_wanted cmake:cmake curl:curl cc:gcc make:make promtool:prometheus ffmpeg:ffmpeg python3:python3
     need_hadolint
     log "hadolint Dockerfile"
     "$HADOLINT" Dockerfile

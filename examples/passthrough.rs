@@ -4,6 +4,9 @@
 //! cargo run --release --example passthrough -- 127.0.0.1:6190 127.0.0.1:8000 2
 //! ```
 //! Arguments: listen address, upstream address, worker threads.
+//!
+//! It uses the same allocator as the `epochgate` binary (jemalloc, unless built with
+//! `--no-default-features`), so that the two differ by the gate alone.
 
 use std::net::SocketAddr;
 
@@ -12,6 +15,10 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{http_proxy_service, ProxyHttp, Session};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
+
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 struct Passthrough {
     upstream: SocketAddr,

@@ -17,6 +17,11 @@ use epochgate::revocation::RevocationRecord;
 use epochgate::verified_cache::{Remembered, TokenKey, VerifiedCache};
 use epochgate::verify::VerifiedToken;
 
+// The `epochgate` binary's allocator, so that the figures are the binary's.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()

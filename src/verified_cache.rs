@@ -133,18 +133,19 @@ impl VerifiedCache {
             .cloned()
     }
 
-    /// Remembers a token, replacing what was kept for it. A full shard first drops its
-    /// expired entries, then, if still full, a sixteenth of the others.
+    /// Remembers a token, replacing what was kept for it. A shard drops its expired entries
+    /// on the first write after the earliest `exp`; one still full then drops a sixteenth of
+    /// the others.
     pub fn insert(&self, key: TokenKey, remembered: Remembered, now: u64) {
         let mut entries = self
             .shard(&key)
             .write()
             .unwrap_or_else(PoisonError::into_inner);
+        // Before `next_expiry` (a lower bound on every entry's `exp`) nothing has expired.
         if now >= entries.next_expiry {
             entries.drop_expired(now);
         }
         if entries.by_key.len() >= self.entries_per_shard && !entries.by_key.contains_key(&key) {
-            entries.drop_expired(now);
             entries.drop_some(self.entries_per_shard.div_ceil(16));
         }
         entries.next_expiry = entries.next_expiry.min(remembered.token.expires_at);

@@ -138,10 +138,9 @@ impl Verifier {
             last_record: last_record.clone(),
         };
         cache.insert(key, remembered, crate::unix_millis() / 1000);
-        let last_record = Some(last_record);
         Ok(Verified {
             token: token_claims,
-            last_record,
+            last_record: Some(last_record),
         })
     }
 

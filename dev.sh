@@ -2,8 +2,9 @@
 # The two commands of the README:
 #   ./dev.sh demo   build and run the demo (auth origin, streaming origin and edge on loopback)
 #   ./dev.sh test   run the whole test suite (cargo tests, promtool, hadolint)
-# Each installs what is missing on a Debian machine first (cmake for Pingora's zlib-ng, make for jemalloc,
-# curl, promtool, ffmpeg, python3, hadolint), or prints the exact command to run when it cannot.
+# Each installs what is missing on a Debian machine first (cmake for Pingora's zlib-ng, make
+# for jemalloc, curl, promtool, ffmpeg, python3, hadolint), or prints the exact command to run
+# when it cannot.
 set -euo pipefail
 cd "$(dirname "$0")"
 

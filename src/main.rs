@@ -10,7 +10,7 @@ use epochgate::config::Settings;
 // serves such sizes from its general bins and consolidates small free chunks first, which
 // walks memory spread over the whole heap; once the caches hold thousands of tokens and
 // accounts, that memory is seldom in the CPU caches. jemalloc keeps per-size-class runs and
-// reuses what was freed last: with 10,000 tokens, about 10,000 fewer instructions and half the
+// reuses what was freed last: with 10,000 tokens, 9,100-12,600 fewer instructions and half the
 // extra cache misses per request (BENCHMARKS.md, "The allocator"). Off with
 // `--no-default-features`.
 #[cfg(feature = "jemalloc")]

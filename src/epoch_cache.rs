@@ -190,7 +190,9 @@ impl EpochCache {
                 return Lookup::Fresh(entry);
             }
         }
-        let found = self.lookup(account).await;
+        // Boxed: a lookup's state (moka's and a possible origin fetch's) would otherwise be
+        // part of every request's future, which a proxy hook allocates per request.
+        let found = Box::pin(self.lookup(account)).await;
         if let Lookup::Fresh(entry) | Lookup::Stale(entry) = &found {
             last.0.store(Some(entry.clone()));
         }

@@ -131,7 +131,8 @@ impl Gate {
         };
         let found = match &last_record {
             Some(last) => self.cache.lookup_from(&verified.account, last).await,
-            None => self.cache.lookup(&verified.account).await,
+            // Boxed like the slow path of `lookup_from`: see there.
+            None => Box::pin(self.cache.lookup(&verified.account)).await,
         };
         let record = match found {
             Lookup::Fresh(entry) | Lookup::Stale(entry) => entry,

@@ -118,8 +118,9 @@ impl Verifier {
             return Err(InvalidToken::TooLong.into());
         }
         let Some(cache) = &self.verified else {
+            // Boxed like the verification of a token not remembered yet, below.
             return Ok(Verified {
-                token: self.verify_signature_and_claims(token).await?,
+                token: Box::pin(self.verify_signature_and_claims(token)).await?,
                 last_record: None,
             });
         };
@@ -127,6 +128,18 @@ impl Verifier {
         if let Some(known) = self.remembered(cache, &key) {
             return Ok(known);
         }
+        // Boxed: its state (a possible JWKS fetch) would otherwise be part of every
+        // request's future, which a proxy hook allocates per request.
+        Box::pin(self.verify_and_remember(cache, key, token)).await
+    }
+
+    /// Verifies a token not remembered yet, and remembers it.
+    async fn verify_and_remember(
+        &self,
+        cache: &VerifiedCache,
+        key: TokenKey,
+        token: &str,
+    ) -> Result<Verified, VerifyError> {
         // Read before verifying: if the key set changes meanwhile, the entry counts as older
         // than it and the token is verified again, never the other way round.
         let key_generation = self.keys.generation();

@@ -5,10 +5,12 @@
 //! Tokens issued before the epoch are rejected; everything else goes to the upstream.
 //!
 //! The request path, one module per stage:
-//! [`token_source`] → [`verify`] (keys from [`keys`], repeat tokens from [`verified_cache`]) → [`epoch_cache`] (records from
-//! [`origin`], rules in [`revocation`]) → [`gate`] → [`decision`] → [`proxy`] (Pingora glue).
-//! Around it: [`config`], [`metrics`], [`admin`], [`server`], and the [`reference`] auth
-//! origin and streaming origin used by the demo and the tests.
+//! [`token_source`] → [`verify`] (keys from [`keys`], repeat tokens from [`verified_cache`])
+//! → [`epoch_cache`] (records from [`origin`], rules in [`revocation`]) → [`gate`] →
+//! [`decision`] → [`proxy`] (Pingora glue).
+//! Around it: [`config`], [`metrics`], [`admin`], [`server`], and the
+//! [`reference`](mod@reference) auth origin and streaming origin used by the demo and the
+//! tests.
 
 pub mod admin;
 pub mod config;

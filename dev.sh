@@ -3,8 +3,8 @@
 #   ./dev.sh demo   build and run the demo (auth origin, streaming origin and edge on loopback)
 #   ./dev.sh test   run the whole test suite (cargo tests, promtool, hadolint)
 # Each installs what is missing on a Debian machine first (cmake for Pingora's zlib-ng, make
-# for jemalloc, curl, promtool, ffmpeg, python3, hadolint), or prints the exact command to run
-# when it cannot.
+# for jemalloc, curl, promtool, ffmpeg, python3, faketime, hadolint), or prints the exact
+# command to run when it cannot.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -41,7 +41,9 @@ case "${1:-}" in
   test)
     need_rust
     # python3: a unit test starts a listener in another process with it.
-    apt_wanted cmake:cmake curl:curl cc:gcc make:make promtool:prometheus ffmpeg:ffmpeg python3:python3
+    # faketime: a test steps the edge's wall clock with libfaketime.
+    apt_wanted cmake:cmake curl:curl cc:gcc make:make promtool:prometheus ffmpeg:ffmpeg python3:python3 \
+      faketime:faketime
     need_hadolint
     log "hadolint Dockerfile"
     "$HADOLINT" Dockerfile

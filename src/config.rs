@@ -164,6 +164,9 @@ struct TokenFile {
     /// Tokens remembered as verified (0 turns the verified-token cache off).
     #[serde(default = "default_verified_cache_entries")]
     verified_cache_entries: u64,
+    /// Longest `exp` minus session time accepted; absent or null: no bound.
+    #[serde(default)]
+    max_lifetime: Option<HumanDuration>,
 }
 
 fn default_verified_cache_entries() -> u64 {
@@ -389,6 +392,8 @@ pub struct TokenSettings {
     pub time_claim: String,
     pub keys: KeySource,
     pub verified_cache_entries: u64,
+    /// A token whose `exp` lies further than this after its session time is invalid.
+    pub max_lifetime: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -638,6 +643,9 @@ impl TokenFile {
                 return Err(ConfigError::new(key, "must not be empty"));
             }
         }
+        if let Some(max_lifetime) = self.max_lifetime {
+            positive("token.max_lifetime", max_lifetime)?;
+        }
         Ok(TokenSettings {
             sources,
             algorithms,
@@ -649,6 +657,7 @@ impl TokenFile {
             time_claim: self.time_claim,
             keys,
             verified_cache_entries: self.verified_cache_entries,
+            max_lifetime: self.max_lifetime.map(|d| d.0),
         })
     }
 }
@@ -916,6 +925,23 @@ token:
         ));
         assert_eq!(e.key, "token.keys.hmac_secret_env");
         assert!(e.message.contains("EPOCHGATE_TEST_UNSET_VAR"));
+    }
+
+    #[test]
+    fn max_lifetime_is_off_by_default_and_read_as_a_duration() {
+        assert_eq!(
+            Settings::from_yaml(MINIMAL).unwrap().token.max_lifetime,
+            None
+        );
+        let s = Settings::from_yaml(&MINIMAL.replace("[ES256]", "[ES256]\n  max_lifetime: 30d"))
+            .unwrap();
+        assert_eq!(s.token.max_lifetime, Some(Duration::from_secs(30 * 86_400)));
+    }
+
+    #[test]
+    fn zero_max_lifetime_is_rejected() {
+        let e = error_for(&MINIMAL.replace("[ES256]", "[ES256]\n  max_lifetime: 0s"));
+        assert_eq!(e.key, "token.max_lifetime");
     }
 
     #[test]

@@ -51,6 +51,8 @@ pub enum InvalidToken {
     WrongAudience,
     MissingClaim,
     BadClaim,
+    /// `exp` lies further after the session time than `token.max_lifetime`.
+    LifetimeTooLong,
 }
 
 impl InvalidToken {
@@ -67,6 +69,7 @@ impl InvalidToken {
             InvalidToken::WrongAudience => "token audience is not accepted",
             InvalidToken::MissingClaim => "token lacks a required claim",
             InvalidToken::BadClaim => "token has a claim of the wrong type",
+            InvalidToken::LifetimeTooLong => "token lifetime is longer than this edge accepts",
         }
     }
 }

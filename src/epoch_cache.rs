@@ -9,6 +9,7 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use futures::future::{BoxFuture, FutureExt, Shared};
 
+use crate::clock::{self, SharedClock};
 use crate::config::CacheSettings;
 use crate::metrics::{CacheResult, Metrics};
 use crate::origin::{OriginClient, OriginError};
@@ -27,9 +28,10 @@ pub struct CachedRecord {
     /// in every entry instead of a 48-byte map that is almost always empty.
     #[allow(clippy::box_collection)]
     devices: Option<Box<HashMap<String, u64>>>,
-    /// When the origin (or the feed) last confirmed it, on the [`crate::monotonic_millis`]
-    /// clock: for a fetch, when it was asked for, since its answer may predate its arrival.
+    /// When the origin (or the feed) last confirmed it, on the monotonic clock: for a fetch,
+    /// when it was asked for, since its answer may predate its arrival.
     confirmed_at_ms: u64,
+    /// The last failed check or background refresh, on the monotonic clock (0: none).
     last_attempt_ms: AtomicU64,
     /// Set while a background refresh of this entry is running or waiting to retry.
     refresh_claimed: AtomicBool,
@@ -53,8 +55,9 @@ impl CachedRecord {
         }
     }
 
-    pub fn age(&self) -> Duration {
-        Duration::from_millis(crate::monotonic_millis().saturating_sub(self.confirmed_at_ms))
+    /// How long ago it was confirmed, `now_ms` being a monotonic reading.
+    pub fn age(&self, now_ms: u64) -> Duration {
+        Duration::from_millis(now_ms.saturating_sub(self.confirmed_at_ms))
     }
 
     /// Whether a token of this device, issued at this time, survives the record.
@@ -101,21 +104,31 @@ pub struct EpochCache {
 
 /// What the revocation feed vouches for. While the feed is connected, a record confirmed
 /// after `covered_since` cannot have missed a sign-out, so it needs no periodic refresh.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct FeedCoverage {
     connected: AtomicBool,
     covered_since_ms: AtomicU64,
     /// Records confirmed before this (a feed `reset`) are due for refresh whatever their age.
     due_before_ms: AtomicU64,
+    clock: SharedClock,
 }
 
 impl FeedCoverage {
+    pub fn new(clock: SharedClock) -> FeedCoverage {
+        FeedCoverage {
+            connected: AtomicBool::new(false),
+            covered_since_ms: AtomicU64::new(0),
+            due_before_ms: AtomicU64::new(0),
+            clock,
+        }
+    }
+
     /// The feed connected; `resumed` when it picked up where the last connection left off
     /// (no gap), so records confirmed earlier stay covered.
     pub fn connected(&self, resumed: bool) {
         if !resumed {
             self.covered_since_ms
-                .store(crate::monotonic_millis(), Ordering::Release);
+                .store(self.clock.monotonic_millis(), Ordering::Release);
         }
         self.connected.store(true, Ordering::Release);
     }
@@ -126,7 +139,7 @@ impl FeedCoverage {
 
     /// The origin could not replay what we missed: nothing cached so far is vouched for.
     pub fn reset(&self) {
-        self.reset_at(crate::monotonic_millis());
+        self.reset_at(self.clock.monotonic_millis());
     }
 
     fn reset_at(&self, now_ms: u64) {
@@ -156,10 +169,21 @@ struct Inner {
     origin: Arc<OriginClient>,
     settings: CacheSettings,
     metrics: Arc<Metrics>,
+    clock: SharedClock,
 }
 
 impl EpochCache {
     pub fn new(settings: CacheSettings, origin: Arc<OriginClient>, metrics: Arc<Metrics>) -> Self {
+        EpochCache::with_clock(settings, origin, metrics, clock::system())
+    }
+
+    /// A cache that measures ages and retry intervals on `clock`.
+    pub fn with_clock(
+        settings: CacheSettings,
+        origin: Arc<OriginClient>,
+        metrics: Arc<Metrics>,
+        clock: SharedClock,
+    ) -> Self {
         let cache = moka::future::Cache::builder()
             .max_capacity(settings.max_accounts)
             // A dropped record may still be held by remembered tokens (see LastRecord).
@@ -171,12 +195,13 @@ impl EpochCache {
             .build_with_hasher(ahash::RandomState::new());
         EpochCache {
             inner: Arc::new(Inner {
-                coverage: Arc::new(FeedCoverage::default()),
+                coverage: Arc::new(FeedCoverage::new(clock.clone())),
                 cache,
                 in_flight: Mutex::new(HashMap::new()),
                 origin,
                 settings,
                 metrics,
+                clock,
             }),
         }
     }
@@ -201,7 +226,8 @@ impl EpochCache {
 
     /// Fresh enough to judge by without asking the origin or refreshing it.
     fn usable_as_is(&self, entry: &CachedRecord) -> bool {
-        !self.inner.coverage.due(entry) && entry.age() < self.fresh_for(entry)
+        !self.inner.coverage.due(entry)
+            && entry.age(self.inner.clock.monotonic_millis()) < self.fresh_for(entry)
     }
 
     /// With the feed vouching for it, a record stays fresh until max_stale (a safety net
@@ -218,16 +244,18 @@ impl EpochCache {
     pub async fn lookup(&self, account: &str) -> Lookup {
         let inner = &self.inner;
         if let Some(entry) = inner.cache.get(account).await {
-            let age = entry.age();
+            let now = inner.clock.monotonic_millis();
+            let age = entry.age(now);
             if inner.coverage.due(&entry) {
                 // The feed may have lost a change for it: check with the origin before use,
                 // but survive an origin outage on the record we have, up to max_stale. A check
                 // that failed less than REFRESH_RETRY ago is not repeated for every request.
                 inner.metrics.count_lookup(CacheResult::Miss);
-                let now = crate::unix_millis();
-                let failed_recently = now
-                    .saturating_sub(entry.last_attempt_ms.load(Ordering::Relaxed))
-                    < REFRESH_RETRY.as_millis() as u64;
+                let failed_recently = clock::within(
+                    entry.last_attempt_ms.load(Ordering::Relaxed),
+                    now,
+                    REFRESH_RETRY,
+                );
                 let checked = if failed_recently {
                     Err(())
                 } else {
@@ -299,21 +327,35 @@ impl EpochCache {
         if !fetching && !self.inner.cache.contains_key(account) {
             return false;
         }
-        Inner::merge(&self.inner, account, record, crate::monotonic_millis()).await;
+        Inner::merge(
+            &self.inner,
+            account,
+            record,
+            self.inner.clock.monotonic_millis(),
+        )
+        .await;
         true
     }
 
     /// Merges a record into the cache (max of old and new), marking it confirmed now.
     pub async fn merge(&self, account: &str, record: RevocationRecord) -> Arc<CachedRecord> {
-        Inner::merge(&self.inner, account, record, crate::monotonic_millis()).await
+        Inner::merge(
+            &self.inner,
+            account,
+            record,
+            self.inner.clock.monotonic_millis(),
+        )
+        .await
     }
 
     /// At most one refresh per entry at a time, and not more than once per [`REFRESH_RETRY`].
     fn refresh_in_background(&self, account: &str, entry: &Arc<CachedRecord>) {
-        let now = crate::unix_millis();
-        if now.saturating_sub(entry.last_attempt_ms.load(Ordering::Relaxed))
-            < REFRESH_RETRY.as_millis() as u64
-        {
+        let now = self.inner.clock.monotonic_millis();
+        if clock::within(
+            entry.last_attempt_ms.load(Ordering::Relaxed),
+            now,
+            REFRESH_RETRY,
+        ) {
             return;
         }
         if entry.refresh_claimed.swap(true, Ordering::AcqRel) {
@@ -342,7 +384,7 @@ impl EpochCache {
         }
         let inner = self.inner.clone();
         let key = account.to_string();
-        let asked_at_ms = crate::monotonic_millis();
+        let asked_at_ms = self.inner.clock.monotonic_millis();
         let task = tokio::spawn(async move {
             let result = match inner.origin.fetch_record(&key).await {
                 Ok(record) => Ok(Inner::merge(&inner, &key, record, asked_at_ms).await),
@@ -400,23 +442,19 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{AuthOriginSettings, FeedSettings, OnOriginUnavailable};
+    use crate::clock::ManualClock;
+    use crate::config::OnOriginUnavailable;
+    use crate::metrics::{Endpoint, Outcome};
 
     /// A cache whose origin refuses every connection: a lookup that reaches it is Unavailable.
     fn cache_without_origin(max_accounts: u64) -> EpochCache {
+        cache_on_clock(max_accounts, clock::system()).0
+    }
+
+    fn cache_on_clock(max_accounts: u64, clock: SharedClock) -> (EpochCache, Arc<Metrics>) {
         let metrics = Arc::new(Metrics::new());
-        let settings = AuthOriginSettings {
-            url: "http://127.0.0.1:9".into(),
-            timeout: Duration::from_millis(500),
-            jwks_refresh: Duration::from_secs(300),
-            feed: FeedSettings {
-                enabled: false,
-                idle_timeout: Duration::from_secs(45),
-                unsupported_retry: Duration::from_secs(300),
-            },
-        };
-        let origin = Arc::new(OriginClient::new(&settings, metrics.clone()).unwrap());
-        EpochCache::new(
+        let origin = crate::origin::unreachable_origin(metrics.clone());
+        let cache = EpochCache::with_clock(
             CacheSettings {
                 max_accounts,
                 refresh_after: Duration::from_secs(30),
@@ -424,8 +462,57 @@ mod tests {
                 on_origin_unavailable: OnOriginUnavailable::Deny,
             },
             origin,
-            metrics,
-        )
+            metrics.clone(),
+            clock,
+        );
+        (cache, metrics)
+    }
+
+    fn lookups_sent(metrics: &Metrics) -> u64 {
+        metrics.origin_requests(Endpoint::Revocations, Outcome::Error)
+    }
+
+    /// A record due for a check, whose check just failed (the origin is down).
+    async fn due_record_after_a_failed_check(cache: &EpochCache, metrics: &Metrics) {
+        cache.merge("alice", epoch(10)).await;
+        cache.mark_due("alice").await;
+        assert!(matches!(cache.lookup("alice").await, Lookup::Stale(_)));
+        assert_eq!(lookups_sent(metrics), 1);
+    }
+
+    #[tokio::test]
+    async fn retry_gate_is_not_reopened_by_a_wall_clock_step_forward() {
+        let clock = ManualClock::new();
+        let (cache, metrics) = cache_on_clock(100, clock.clone());
+        due_record_after_a_failed_check(&cache, &metrics).await;
+
+        clock.step_wall(3_600_000);
+        assert!(matches!(cache.lookup("alice").await, Lookup::Stale(_)));
+        assert_eq!(lookups_sent(&metrics), 1, "retried within REFRESH_RETRY");
+    }
+
+    #[tokio::test]
+    async fn retry_gate_is_not_stalled_by_a_wall_clock_step_back() {
+        let clock = ManualClock::new();
+        let (cache, metrics) = cache_on_clock(100, clock.clone());
+        due_record_after_a_failed_check(&cache, &metrics).await;
+
+        clock.step_wall(-3_600_000);
+        clock.advance(REFRESH_RETRY);
+        assert!(matches!(cache.lookup("alice").await, Lookup::Stale(_)));
+        assert_eq!(lookups_sent(&metrics), 2, "no retry after REFRESH_RETRY");
+    }
+
+    #[tokio::test]
+    async fn record_age_ignores_wall_clock_steps() {
+        let clock = ManualClock::new();
+        let (cache, _) = cache_on_clock(100, clock.clone());
+        cache.merge("alice", epoch(10)).await;
+        clock.step_wall(3_600_000);
+        assert!(matches!(cache.lookup("alice").await, Lookup::Fresh(_)));
+        clock.step_wall(-7_200_000);
+        clock.advance(Duration::from_secs(31));
+        assert!(matches!(cache.lookup("alice").await, Lookup::Stale(_)));
     }
 
     fn epoch(epoch: u64) -> RevocationRecord {
@@ -510,7 +597,7 @@ mod tests {
 
     #[test]
     fn record_confirmed_in_the_same_millisecond_as_a_reset_is_due_and_not_covered() {
-        let coverage = FeedCoverage::default();
+        let coverage = FeedCoverage::new(clock::system());
         coverage.connected(false);
         coverage.reset_at(100);
         assert!(coverage.due(&confirmed_at(100)));
@@ -519,7 +606,7 @@ mod tests {
 
     #[test]
     fn record_confirmed_after_a_reset_is_covered_and_not_due() {
-        let coverage = FeedCoverage::default();
+        let coverage = FeedCoverage::new(clock::system());
         coverage.connected(false);
         coverage.reset_at(100);
         assert!(!coverage.due(&confirmed_at(101)));

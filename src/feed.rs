@@ -10,6 +10,7 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use serde::Deserialize;
 
+use crate::clock::{self, SharedClock};
 use crate::config::FeedSettings;
 use crate::gate::Gate;
 use crate::metrics::FeedEvent;
@@ -44,18 +45,26 @@ impl FeedState {
 #[derive(Debug)]
 pub struct FeedStatus {
     state: AtomicU8,
+    /// On the monotonic clock.
     last_activity_ms: AtomicU64,
+    clock: SharedClock,
 }
 
 impl FeedStatus {
     pub fn new(enabled: bool) -> FeedStatus {
+        FeedStatus::with_clock(enabled, clock::system())
+    }
+
+    /// A status that measures the feed's silence on `clock`.
+    pub fn with_clock(enabled: bool, clock: SharedClock) -> FeedStatus {
         FeedStatus {
             state: AtomicU8::new(if enabled {
                 FeedState::Connecting as u8
             } else {
                 FeedState::Disabled as u8
             }),
-            last_activity_ms: AtomicU64::new(crate::unix_millis()),
+            last_activity_ms: AtomicU64::new(clock.monotonic_millis()),
+            clock,
         }
     }
 
@@ -74,13 +83,15 @@ impl FeedStatus {
 
     fn touch(&self) {
         self.last_activity_ms
-            .store(crate::unix_millis(), Ordering::Relaxed);
+            .store(self.clock.monotonic_millis(), Ordering::Relaxed);
     }
 
     /// Seconds since the feed last delivered anything (an event or a ping).
     pub fn last_activity_age(&self) -> Duration {
         Duration::from_millis(
-            crate::unix_millis().saturating_sub(self.last_activity_ms.load(Ordering::Relaxed)),
+            self.clock
+                .monotonic_millis()
+                .saturating_sub(self.last_activity_ms.load(Ordering::Relaxed)),
         )
     }
 }
@@ -443,6 +454,17 @@ impl BackgroundService for FeedService {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn feed_silence_is_measured_on_the_monotonic_clock() {
+        let clock = crate::clock::ManualClock::new();
+        let status = FeedStatus::with_clock(true, clock.clone());
+        clock.step_wall(3_600_000);
+        assert_eq!(status.last_activity_age(), Duration::ZERO);
+        clock.advance(Duration::from_secs(5));
+        clock.step_wall(-7_200_000);
+        assert_eq!(status.last_activity_age(), Duration::from_secs(5));
+    }
 
     fn event(kind: &str, data: &str) -> SseItem {
         SseItem::Event {

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use http::{HeaderMap, Uri};
 
+use crate::clock::{self, SharedClock};
 use crate::config::{OnOriginUnavailable, Settings, TokenSource};
 use crate::decision::{Decision, InvalidToken, Reason};
 use crate::epoch_cache::{EpochCache, Lookup};
@@ -47,6 +48,11 @@ impl Gate {
     /// Builds a gate from validated settings. Static keys are loaded now; a JWKS is fetched
     /// by [`Gate::keys`]`.refresh()` (the binary runs that in a background service).
     pub fn new(settings: &Settings) -> Result<Gate, GateError> {
+        Gate::with_clock(settings, clock::system())
+    }
+
+    /// [`Gate::new`], with every interval and age measured on `clock` (tests step it).
+    pub fn with_clock(settings: &Settings, clock: SharedClock) -> Result<Gate, GateError> {
         let metrics = Arc::new(Metrics::new());
         let origin = Arc::new(OriginClient::new(&settings.auth_origin, metrics.clone())?);
         let keys = match &settings.token.keys {
@@ -59,9 +65,15 @@ impl Gate {
                 KeyStore::new_static(other, &settings.token.algorithms, metrics.jwks_keys.clone())
                     .map_err(GateError::Keys)?
             }
-        };
-        let verifier = Verifier::new(&settings.token, Arc::new(keys));
-        let cache = EpochCache::new(settings.cache.clone(), origin.clone(), metrics.clone());
+        }
+        .with_clock(clock.clone());
+        let verifier = Verifier::new(&settings.token, Arc::new(keys)).with_clock(clock.clone());
+        let cache = EpochCache::with_clock(
+            settings.cache.clone(),
+            origin.clone(),
+            metrics.clone(),
+            clock.clone(),
+        );
         Ok(Gate {
             sources: settings.token.sources.clone(),
             verifier,
@@ -69,7 +81,10 @@ impl Gate {
             on_origin_unavailable: settings.cache.on_origin_unavailable,
             metrics,
             origin,
-            feed_status: Arc::new(FeedStatus::new(settings.auth_origin.feed.enabled)),
+            feed_status: Arc::new(FeedStatus::with_clock(
+                settings.auth_origin.feed.enabled,
+                clock,
+            )),
         })
     }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 
+use crate::clock::{self, SharedClock};
 use crate::config::KeySource;
 use crate::origin::{OriginClient, OriginError};
 
@@ -201,8 +202,10 @@ pub struct KeyStore {
     jwks: Option<Arc<OriginClient>>,
     allowed: Vec<Algorithm>,
     fetch_lock: tokio::sync::Mutex<()>,
+    /// On the monotonic clock; 0 until the first unknown-`kid` fetch.
     last_unknown_kid_fetch_ms: AtomicU64,
     metrics_gauge: prometheus::IntGauge,
+    clock: SharedClock,
 }
 
 impl KeyStore {
@@ -222,6 +225,7 @@ impl KeyStore {
             fetch_lock: tokio::sync::Mutex::new(()),
             last_unknown_kid_fetch_ms: AtomicU64::new(0),
             metrics_gauge: gauge,
+            clock: clock::system(),
         })
     }
 
@@ -240,7 +244,14 @@ impl KeyStore {
             fetch_lock: tokio::sync::Mutex::new(()),
             last_unknown_kid_fetch_ms: AtomicU64::new(0),
             metrics_gauge: gauge,
+            clock: clock::system(),
         }
+    }
+
+    /// The same store, measuring the unknown-`kid` refetch interval on `clock`.
+    pub fn with_clock(mut self, clock: SharedClock) -> KeyStore {
+        self.clock = clock;
+        self
     }
 
     pub fn current(&self) -> Arc<KeySet> {
@@ -301,9 +312,9 @@ impl KeyStore {
         if self.jwks.is_none() {
             return false;
         }
-        let now = crate::unix_millis();
+        let now = self.clock.monotonic_millis();
         let last = self.last_unknown_kid_fetch_ms.load(Ordering::Relaxed);
-        if now.saturating_sub(last) < UNKNOWN_KID_REFETCH_INTERVAL.as_millis() as u64 {
+        if clock::within(last, now, UNKNOWN_KID_REFETCH_INTERVAL) {
             return false;
         }
         if self
@@ -316,5 +327,49 @@ impl KeyStore {
             return true;
         }
         self.refresh().await.is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::metrics::{Endpoint, Metrics, Outcome};
+
+    /// A JWKS store whose origin refuses every connection, and the metrics that count its
+    /// fetch attempts.
+    fn store_on_clock(clock: SharedClock) -> (KeyStore, Arc<Metrics>) {
+        let metrics = Arc::new(Metrics::new());
+        let origin = crate::origin::unreachable_origin(metrics.clone());
+        let store = KeyStore::new_jwks(origin, &[Algorithm::ES256], metrics.jwks_keys.clone())
+            .with_clock(clock);
+        (store, metrics)
+    }
+
+    fn jwks_fetches(metrics: &Metrics) -> u64 {
+        metrics.origin_requests(Endpoint::Jwks, Outcome::Error)
+    }
+
+    #[tokio::test]
+    async fn unknown_kid_refetch_limit_is_not_reopened_by_a_wall_clock_step_forward() {
+        let clock = ManualClock::new();
+        let (store, metrics) = store_on_clock(clock.clone());
+        store.refresh_for_unknown_kid().await;
+        assert_eq!(jwks_fetches(&metrics), 1);
+
+        clock.step_wall(3_600_000);
+        store.refresh_for_unknown_kid().await;
+        assert_eq!(jwks_fetches(&metrics), 1, "refetched within the interval");
+    }
+
+    #[tokio::test]
+    async fn unknown_kid_refetch_limit_is_not_stalled_by_a_wall_clock_step_back() {
+        let clock = ManualClock::new();
+        let (store, metrics) = store_on_clock(clock.clone());
+        store.refresh_for_unknown_kid().await;
+        clock.step_wall(-3_600_000);
+        clock.advance(UNKNOWN_KID_REFETCH_INTERVAL);
+        store.refresh_for_unknown_kid().await;
+        assert_eq!(jwks_fetches(&metrics), 2, "no refetch after the interval");
     }
 }

@@ -13,6 +13,7 @@
 //! tests.
 
 pub mod admin;
+pub mod clock;
 pub mod config;
 pub mod decision;
 pub mod demo;
@@ -34,20 +35,12 @@ pub use config::Settings;
 pub use decision::{Decision, Reason};
 pub use gate::Gate;
 
-/// Milliseconds on a monotonic clock that starts near process start (never 0 after it).
+/// Milliseconds on the process's monotonic clock (never 0); see [`clock`].
 pub fn monotonic_millis() -> u64 {
-    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    START
-        .get_or_init(std::time::Instant::now)
-        .elapsed()
-        .as_millis() as u64
-        + 1
+    clock::Clock::monotonic_millis(&clock::SystemClock)
 }
 
-/// Milliseconds since the Unix epoch (0 if the clock is before it).
+/// Milliseconds since the Unix epoch (0 if the clock is before it); see [`clock`].
 pub fn unix_millis() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    clock::Clock::unix_millis(&clock::SystemClock)
 }

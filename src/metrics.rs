@@ -261,6 +261,14 @@ impl Metrics {
         histogram.observe(took.as_secs_f64());
     }
 
+    /// Auth-origin requests counted so far with this endpoint and outcome.
+    pub fn origin_requests(&self, endpoint: Endpoint, outcome: Outcome) -> u64 {
+        self.origin_requests
+            .iter()
+            .find(|(k, _)| *k == (endpoint, outcome))
+            .map_or(0, |(_, c)| c.get())
+    }
+
     pub fn count_feed_event(&self, event: FeedEvent) {
         let index = match event {
             FeedEvent::Revocation => 0,

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::Deserialize;
 
+use crate::clock::{self, SharedClock};
 use crate::config::AuthOriginSettings;
 use crate::metrics::{Endpoint, Metrics, Outcome};
 use crate::revocation::RevocationRecord;
@@ -252,10 +253,12 @@ fn is_event_stream(response: &reqwest::Response) -> bool {
 }
 
 /// A warning that is written at most once per interval, with a count of what it held back:
-/// an origin outage must not turn into one log line per request.
+/// an origin outage must not turn into one log line per request. The interval is measured on
+/// the monotonic clock.
 pub struct ThrottledLog {
     last_ms: AtomicU64,
     suppressed: AtomicU64,
+    clock: SharedClock,
 }
 
 /// How often a repeating warning is written.
@@ -263,21 +266,19 @@ pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 impl ThrottledLog {
     pub fn new() -> Self {
+        ThrottledLog::with_clock(clock::system())
+    }
+
+    pub fn with_clock(clock: SharedClock) -> Self {
         ThrottledLog {
             last_ms: AtomicU64::new(0),
             suppressed: AtomicU64::new(0),
+            clock,
         }
     }
 
     pub fn warn(&self, message: std::fmt::Arguments<'_>) {
-        let now = crate::unix_millis();
-        let last = self.last_ms.load(Ordering::Relaxed);
-        if now.saturating_sub(last) >= LOG_INTERVAL.as_millis() as u64
-            && self
-                .last_ms
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
+        if self.may_write() {
             let held_back = self.suppressed.swap(0, Ordering::Relaxed);
             if held_back > 0 {
                 log::warn!("{message} ({held_back} more like this in the last interval)");
@@ -288,10 +289,62 @@ impl ThrottledLog {
             self.suppressed.fetch_add(1, Ordering::Relaxed);
         }
     }
+
+    /// Claims this interval's line, if nobody has yet.
+    fn may_write(&self) -> bool {
+        let now = self.clock.monotonic_millis();
+        let last = self.last_ms.load(Ordering::Relaxed);
+        !clock::within(last, now, LOG_INTERVAL)
+            && self
+                .last_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
 }
 
 impl Default for ThrottledLog {
     fn default() -> Self {
         ThrottledLog::new()
+    }
+}
+
+/// A client of an auth origin that refuses every connection (for unit tests).
+#[cfg(test)]
+pub(crate) fn unreachable_origin(metrics: Arc<Metrics>) -> Arc<OriginClient> {
+    let settings = AuthOriginSettings {
+        url: "http://127.0.0.1:9".into(),
+        timeout: Duration::from_millis(500),
+        jwks_refresh: Duration::from_secs(300),
+        feed: crate::config::FeedSettings {
+            enabled: false,
+            idle_timeout: Duration::from_secs(45),
+            unsupported_retry: Duration::from_secs(300),
+        },
+    };
+    Arc::new(OriginClient::new(&settings, metrics).expect("client for a fixed URL"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+
+    #[test]
+    fn throttled_log_is_not_reopened_by_a_wall_clock_step_forward() {
+        let clock = ManualClock::new();
+        let log = ThrottledLog::with_clock(clock.clone());
+        assert!(log.may_write());
+        clock.step_wall(3_600_000);
+        assert!(!log.may_write());
+    }
+
+    #[test]
+    fn throttled_log_is_not_stalled_by_a_wall_clock_step_back() {
+        let clock = ManualClock::new();
+        let log = ThrottledLog::with_clock(clock.clone());
+        assert!(log.may_write());
+        clock.step_wall(-3_600_000);
+        clock.advance(LOG_INTERVAL);
+        assert!(log.may_write());
     }
 }

@@ -8,6 +8,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
 use serde_json::Value;
 
+use crate::clock::{self, SharedClock};
 use crate::config::TokenSettings;
 use crate::decision::InvalidToken;
 use crate::epoch_cache::LastRecord;
@@ -57,6 +58,10 @@ pub struct Verifier {
     device_claim: String,
     time_claim: String,
     leeway_secs: u64,
+    /// `token.max_lifetime` in seconds: the longest `exp` minus session time accepted.
+    max_lifetime_secs: Option<u64>,
+    /// `exp` and the session time are compared with its wall-clock reading.
+    clock: SharedClock,
 }
 
 impl Verifier {
@@ -100,7 +105,15 @@ impl Verifier {
             device_claim: settings.device_claim.clone(),
             time_claim: settings.time_claim.clone(),
             leeway_secs: settings.leeway.as_secs(),
+            max_lifetime_secs: settings.max_lifetime.map(|d| d.as_secs()),
+            clock: clock::system(),
         }
+    }
+
+    /// The same verifier, reading the time on `clock`.
+    pub fn with_clock(mut self, clock: SharedClock) -> Verifier {
+        self.clock = clock;
+        self
     }
 
     pub fn keys(&self) -> &KeyStore {
@@ -150,7 +163,7 @@ impl Verifier {
             key_generation,
             last_record: last_record.clone(),
         };
-        cache.insert(key, remembered, crate::unix_millis() / 1000);
+        cache.insert(key, remembered, self.clock.unix_secs());
         Ok(Verified {
             token: token_claims,
             last_record: Some(last_record),
@@ -159,7 +172,7 @@ impl Verifier {
 
     /// A token verified before, against the key set still in use, and not yet expired.
     fn remembered(&self, cache: &VerifiedCache, key: &TokenKey) -> Option<Verified> {
-        let hit = cache.get(key, crate::unix_millis() / 1000)?;
+        let hit = cache.get(key, self.clock.unix_secs())?;
         (hit.key_generation == self.keys.generation()).then(|| Verified {
             token: hit.token,
             last_record: Some(hit.last_record),
@@ -201,14 +214,23 @@ impl Verifier {
         let session_time = time_claim(&claims, &self.time_claim)?;
         // A session that starts in the future would outlive every sign-out until then: an
         // issuer's clock that far off is refused, not trusted.
-        if session_time > crate::unix_millis() / 1000 + self.leeway_secs {
+        if session_time > self.clock.unix_secs() + self.leeway_secs {
             return Err(InvalidToken::NotYetValid.into());
+        }
+        let expires_at = time_claim(&claims, "exp")?;
+        // Without a bound, a token issued long ago may still be alive, so no revocation
+        // record could ever be forgotten.
+        if self
+            .max_lifetime_secs
+            .is_some_and(|max| expires_at.saturating_sub(session_time) > max)
+        {
+            return Err(InvalidToken::LifetimeTooLong.into());
         }
         Ok(VerifiedToken {
             account: string_claim(&claims, &self.account_claim)?.into(),
             device: string_claim(&claims, &self.device_claim)?.into(),
             session_time,
-            expires_at: time_claim(&claims, "exp")?,
+            expires_at,
         })
     }
 }

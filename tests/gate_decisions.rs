@@ -451,3 +451,51 @@ async fn static_hmac_secret_from_the_environment_verifies_hs256() {
         "static keys never touch the JWKS"
     );
 }
+
+/// An edge whose `token.max_lifetime` is one hour.
+async fn edge_with_max_lifetime(origin: &TestOrigin, upstream: &Upstream) -> Edge {
+    let (proxy, admin) = (free_port(), free_port());
+    let (url, upstream) = (origin.url(), upstream.addr);
+    let edge = Edge::spawn_config(tempfile::tempdir().unwrap(), proxy, admin, |dir| {
+        edge_config(&url, upstream, proxy, admin, dir, DEFAULT_CACHE, "")
+            .replace("  leeway: 5s\n", "  leeway: 5s\n  max_lifetime: 1h\n")
+    });
+    edge.wait_ready().await;
+    edge
+}
+
+#[tokio::test]
+async fn token_living_longer_than_max_lifetime_is_invalid() {
+    let origin = TestOrigin::start().await;
+    let upstream = Upstream::start().await;
+    let edge = edge_with_max_lifetime(&origin, &upstream).await;
+
+    let mut long_lived = claims("alice", "tv", now() - 60);
+    long_lived["exp"] = json!(now() - 60 + 3601);
+    let response = edge
+        .get_with_token("/", &origin.key.sign(&long_lived).unwrap())
+        .await;
+    let challenge = response.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        challenge.contains("token lifetime is longer than this edge accepts"),
+        "{challenge}"
+    );
+    assert_eq!(rejection(response, 401).await["error"], "invalid_token");
+}
+
+#[tokio::test]
+async fn token_within_max_lifetime_is_allowed() {
+    let origin = TestOrigin::start().await;
+    let upstream = Upstream::start().await;
+    let edge = edge_with_max_lifetime(&origin, &upstream).await;
+
+    let mut within = claims("alice", "tv", now() - 60);
+    within["exp"] = json!(now() - 60 + 3600);
+    let response = edge
+        .get_with_token("/", &origin.key.sign(&within).unwrap())
+        .await;
+    assert_eq!(response.status(), 200);
+}

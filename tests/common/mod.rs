@@ -535,6 +535,17 @@ impl Edge {
         admin: u16,
         make: impl FnOnce(&std::path::Path) -> String,
     ) -> Edge {
+        Edge::spawn_config_env(dir, proxy, admin, &[], make)
+    }
+
+    /// [`Edge::spawn_config`], with extra environment variables for the process.
+    pub fn spawn_config_env(
+        dir: tempfile::TempDir,
+        proxy: u16,
+        admin: u16,
+        env: &[(&str, String)],
+        make: impl FnOnce(&std::path::Path) -> String,
+    ) -> Edge {
         let config = make(dir.path());
         let config_path = dir.path().join("epochgate.yaml");
         std::fs::write(&config_path, config).unwrap();
@@ -543,6 +554,7 @@ impl Edge {
             .arg("-c")
             .arg(&config_path)
             .env("RUST_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# Instructions and (CACHE_SIM=1) cache misses per request under callgrind: epochgate vs Pingora.
 # What the gate costs per request, in CPU instructions: the same Pingora passthrough and
 # epochgate (ES256, cache warm) each run under valgrind's callgrind, which counts the
 # instructions the proxy process executes (user space; the kernel's share is the same for

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# Load and soak run of the real binary under wrk: non-2xx responses, latency, RSS and fd growth.
 # Load and soak test of the edge, on 127.0.0.1 only; it stops by itself.
 #
 #   bench/soak.sh [DURATION_SECONDS]      (default 60; or DURATION=...)

@@ -49,6 +49,8 @@ case "${1:-}" in
     "$HADOLINT" Dockerfile
     log "cargo test"
     cargo test --release --locked --no-fail-fast
+    log "the gate alone (no demo feature, so no axum) builds for embedders"
+    cargo build --release --locked --lib --no-default-features
     ;;
   *)
     echo "usage: ./dev.sh demo | ./dev.sh test" >&2

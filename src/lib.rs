@@ -8,14 +8,15 @@
 //! [`token_source`] → [`verify`] (keys from [`keys`], repeat tokens from [`verified_cache`])
 //! → [`epoch_cache`] (records from [`origin`], rules in [`revocation`]) → [`gate`] →
 //! [`decision`] → [`proxy`] (Pingora glue).
-//! Around it: [`config`], [`metrics`], [`admin`], [`server`], and the
-//! [`reference`](mod@reference) auth origin and streaming origin used by the demo and the
-//! tests.
+//! Around it: [`config`], [`metrics`], [`admin`], [`server`], [`clock`], and, with the
+//! `demo` feature (on by default), the `reference` auth origin and streaming origin used by
+//! `epochgate demo` and the tests.
 
 pub mod admin;
 pub mod clock;
 pub mod config;
 pub mod decision;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod epoch_cache;
 pub mod feed;
@@ -24,6 +25,7 @@ pub mod keys;
 pub mod metrics;
 pub mod origin;
 pub mod proxy;
+#[cfg(feature = "demo")]
 pub mod reference;
 pub mod revocation;
 pub mod server;

@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
+#[cfg(feature = "demo")]
+use clap::Subcommand;
 use epochgate::config::Settings;
 
 // Pingora allocates and frees a future of about 13.5 KB for every request. glibc's malloc
@@ -36,10 +38,12 @@ struct Cli {
     /// Run in the background.
     #[arg(short = 'd', long = "daemon")]
     daemon: bool,
+    #[cfg(feature = "demo")]
     #[command(subcommand)]
     command: Option<Command>,
 }
 
+#[cfg(feature = "demo")]
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Start a reference auth origin, a demo streaming origin and the edge on loopback, and
@@ -50,6 +54,7 @@ enum Command {
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
+    #[cfg(feature = "demo")]
     if let Some(Command::Demo(args)) = cli.command {
         return match epochgate::demo::run(args) {
             Ok(()) => ExitCode::SUCCESS,

@@ -8,13 +8,12 @@ use clap::Parser;
 use clap::Subcommand;
 use epochgate::config::Settings;
 
-// Pingora allocates and frees a future of about 13.5 KB for every request. glibc's malloc
-// serves such sizes from its general bins and consolidates small free chunks first, which
-// walks memory spread over the whole heap; once the caches hold thousands of tokens and
-// accounts, that memory is seldom in the CPU caches. jemalloc keeps per-size-class runs and
-// reuses what was freed last: with 10,000 tokens, 9,100-12,600 fewer instructions and half the
-// extra cache misses per request (BENCHMARKS.md, "The allocator"). Off with
-// `--no-default-features`.
+// Pingora allocates and frees a large future for every request. glibc's malloc serves such
+// sizes from its general bins and consolidates small free chunks first, which walks memory
+// spread over the whole heap; once the caches hold thousands of tokens and accounts, that
+// memory is seldom in the CPU caches. jemalloc keeps per-size-class runs and reuses what was
+// freed last, so that memory is more likely still cached (docs/performance-notes.md, "The
+// allocator"). Off without the default feature `jemalloc`.
 #[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

@@ -5,9 +5,9 @@
 //! the token (no memory), takes one shard's read lock and reads one table slot. Nothing in
 //! the table is written; only the lock and the shared ids' reference counts are. A
 //! general-purpose cache also compares the stored key (here the whole token, hundreds of
-//! bytes) and updates its recency and frequency bookkeeping on every read. With 10,000
-//! tokens in rotation, the gate's own code missed the L2 21.9 times per request with such a
-//! cache, 7.4 with this one (BENCHMARKS.md, "A verified-token cache of its own").
+//! bytes) and updates its recency and frequency bookkeeping on every read; with thousands
+//! of tokens in rotation those touches miss the CPU caches (measurements:
+//! docs/performance-notes.md).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hash, Hasher};

@@ -48,7 +48,10 @@ impl Gate {
     /// by [`Gate::keys`]`.refresh()` (the binary runs that in a background service).
     pub fn new(settings: &Settings) -> Result<Gate, GateError> {
         let metrics = Arc::new(Metrics::new());
-        let origin = Arc::new(OriginClient::new(&settings.auth_origin, metrics.clone())?);
+        let origin = Arc::new(
+            OriginClient::new(&settings.auth_origin, metrics.clone())?
+                .with_max_devices_per_account(settings.cache.max_devices_per_account),
+        );
         let keys = match &settings.token.keys {
             crate::config::KeySource::Jwks => KeyStore::new_jwks(
                 origin.clone(),

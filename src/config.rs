@@ -1037,16 +1037,6 @@ token:
     }
 
     #[test]
-    fn missing_hmac_env_names_the_variable_not_a_value() {
-        let e = error_for(&MINIMAL.replace(
-            "[ES256]",
-            "[HS256]\n  keys: { hmac_secret_env: EPOCHGATE_TEST_UNSET_VAR }",
-        ));
-        assert_eq!(e.key, "token.keys.hmac_secret_env");
-        assert!(e.message.contains("EPOCHGATE_TEST_UNSET_VAR"));
-    }
-
-    #[test]
     fn overlapping_listeners_are_recognised() {
         let overlap = |a: &str, b: &str| listeners_overlap(a.parse().unwrap(), b.parse().unwrap());
         assert_eq!(overlap("127.0.0.1:80", "127.0.0.1:80"), Some(Overlap::Same));
@@ -1084,6 +1074,16 @@ token:
             Settings::from_yaml(MINIMAL).unwrap().forward.header_prefix,
             "x-epochgate-"
         );
+    }
+
+    #[test]
+    fn missing_hmac_env_names_the_variable_not_a_value() {
+        let e = error_for(&MINIMAL.replace(
+            "[ES256]",
+            "[HS256]\n  keys: { hmac_secret_env: EPOCHGATE_TEST_UNSET_VAR }",
+        ));
+        assert_eq!(e.key, "token.keys.hmac_secret_env");
+        assert!(e.message.contains("EPOCHGATE_TEST_UNSET_VAR"));
     }
 
     #[test]

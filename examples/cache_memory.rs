@@ -63,6 +63,7 @@ async fn main() {
             refresh_after: Duration::from_secs(30),
             max_stale: Duration::from_secs(600),
             on_origin_unavailable: OnOriginUnavailable::Deny,
+            max_devices_per_account: 1_000,
         },
         origin,
         metrics,

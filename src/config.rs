@@ -239,6 +239,9 @@ struct CacheFile {
     max_stale: HumanDuration,
     #[serde(default)]
     on_origin_unavailable: OnOriginUnavailable,
+    /// Devices one revocation record may name; a record naming more is refused.
+    #[serde(default = "default_max_devices_per_account")]
+    max_devices_per_account: u64,
 }
 
 impl Default for CacheFile {
@@ -248,12 +251,16 @@ impl Default for CacheFile {
             refresh_after: default_refresh_after(),
             max_stale: default_max_stale(),
             on_origin_unavailable: OnOriginUnavailable::default(),
+            max_devices_per_account: default_max_devices_per_account(),
         }
     }
 }
 
 fn default_max_accounts() -> u64 {
     1_000_000
+}
+fn default_max_devices_per_account() -> u64 {
+    1_000
 }
 fn default_refresh_after() -> HumanDuration {
     HumanDuration(Duration::from_secs(30))
@@ -271,6 +278,9 @@ struct ForwardFile {
     device_header: String,
     #[serde(default = "default_true")]
     strip_token: bool,
+    /// Header names the edge owns: client-sent headers under it never reach the upstream.
+    #[serde(default = "default_header_prefix")]
+    header_prefix: String,
 }
 
 impl Default for ForwardFile {
@@ -279,8 +289,13 @@ impl Default for ForwardFile {
             account_header: default_account_header(),
             device_header: default_device_header(),
             strip_token: true,
+            header_prefix: default_header_prefix(),
         }
     }
+}
+
+fn default_header_prefix() -> String {
+    "x-epochgate-".into()
 }
 
 fn default_account_header() -> String {
@@ -402,6 +417,8 @@ pub struct CacheSettings {
     pub refresh_after: Duration,
     pub max_stale: Duration,
     pub on_origin_unavailable: OnOriginUnavailable,
+    /// Devices one revocation record (a lookup's answer or a pushed event) may name.
+    pub max_devices_per_account: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -409,6 +426,9 @@ pub struct ForwardSettings {
     pub account_header: http::HeaderName,
     pub device_header: http::HeaderName,
     pub strip_token: bool,
+    /// Lower case, non-empty, header-name characters only: every client-sent header whose
+    /// name starts with it is removed before forwarding.
+    pub header_prefix: String,
 }
 
 /// Pingora's grace period defaults to 300 s; an edge should let go much sooner.
@@ -451,6 +471,7 @@ impl FileConfig {
                 "must differ from forward.account_header",
             ));
         }
+        check_listeners_distinct(&proxy.listen, admin_listen)?;
         Ok(Settings {
             server,
             proxy,
@@ -513,6 +534,64 @@ fn known_server_keys() -> BTreeSet<String> {
             .collect(),
         _ => BTreeSet::new(),
     }
+}
+
+/// Two listeners on one address would share a socket (Pingora binds with `SO_REUSEPORT`),
+/// and connections would land on either at random. A wildcard and a specific address on the
+/// same port overlap the same way (`[::]` is dual-stack: it takes IPv4 too).
+fn check_listeners_distinct(proxy: &[SocketAddr], admin: SocketAddr) -> Result<(), ConfigError> {
+    let listeners: Vec<(String, SocketAddr)> = proxy
+        .iter()
+        .enumerate()
+        .map(|(i, addr)| (format!("proxy.listen[{i}]"), *addr))
+        .chain(std::iter::once(("admin.listen".to_string(), admin)))
+        .collect();
+    for (later, (later_key, later_addr)) in listeners.iter().enumerate() {
+        for (earlier_key, earlier_addr) in &listeners[..later] {
+            let Some(overlap) = listeners_overlap(*earlier_addr, *later_addr) else {
+                continue;
+            };
+            let why = match overlap {
+                Overlap::Same => "two listeners cannot share one address".to_string(),
+                Overlap::Wildcard => format!(
+                    "a wildcard address and a specific address on the same port ({}) \
+                     cannot both be bound ([::] takes IPv4 too)",
+                    later_addr.port()
+                ),
+            };
+            return Err(ConfigError::new(
+                later_key.clone(),
+                format!(
+                    "`{later_addr}` overlaps {earlier_key} (`{earlier_addr}`): {why}; \
+                     give each listener its own address"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Overlap {
+    Same,
+    Wildcard,
+}
+
+fn listeners_overlap(a: SocketAddr, b: SocketAddr) -> Option<Overlap> {
+    // Port 0 asks the kernel for a fresh port each time: never the same socket.
+    if a.port() != b.port() || a.port() == 0 {
+        return None;
+    }
+    let (ip_a, ip_b) = (a.ip().to_canonical(), b.ip().to_canonical());
+    if ip_a == ip_b {
+        return Some(Overlap::Same);
+    }
+    let covers = |wildcard: std::net::IpAddr, other: std::net::IpAddr| match wildcard {
+        std::net::IpAddr::V6(w) if w.is_unspecified() => true,
+        std::net::IpAddr::V4(w) if w.is_unspecified() => other.is_ipv4(),
+        _ => false,
+    };
+    (covers(ip_a, ip_b) || covers(ip_b, ip_a)).then_some(Overlap::Wildcard)
 }
 
 fn parse_listen(key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
@@ -805,11 +884,19 @@ impl CacheFile {
                 "must be at least cache.refresh_after",
             ));
         }
+        if self.max_devices_per_account == 0 {
+            return Err(ConfigError::new(
+                "cache.max_devices_per_account",
+                "must be at least 1",
+            ));
+        }
         Ok(CacheSettings {
             max_accounts: self.max_accounts,
             refresh_after: self.refresh_after.0,
             max_stale: self.max_stale.0,
             on_origin_unavailable: self.on_origin_unavailable,
+            max_devices_per_account: usize::try_from(self.max_devices_per_account)
+                .unwrap_or(usize::MAX),
         })
     }
 }
@@ -824,8 +911,49 @@ impl ForwardFile {
             account_header: header("forward.account_header", &self.account_header)?,
             device_header: header("forward.device_header", &self.device_header)?,
             strip_token: self.strip_token,
+            header_prefix: header_prefix(&self.header_prefix)?,
         })
     }
+}
+
+/// Header names a forwarded request cannot do without: a prefix that covers one of them
+/// would strip it from every request.
+const ESSENTIAL_HEADERS: [&str; 8] = [
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "content-type",
+    "connection",
+    "upgrade",
+    "te",
+    "expect",
+];
+
+/// The prefix, lower-cased (header names are case-insensitive): non-empty, only characters
+/// a header name may hold, and not covering a header the request needs.
+fn header_prefix(prefix: &str) -> Result<String, ConfigError> {
+    let key = "forward.header_prefix";
+    if prefix.is_empty() {
+        return Err(ConfigError::new(
+            key,
+            "must not be empty (it would cover every header)",
+        ));
+    }
+    // A header name is an RFC 9110 token; any start of one is a token too.
+    if http::HeaderName::from_bytes(prefix.as_bytes()).is_err() {
+        return Err(ConfigError::new(
+            key,
+            format!("`{prefix}` is not the start of a header name (letters, digits, -, _ and the like; no spaces or colons)"),
+        ));
+    }
+    let prefix = prefix.to_ascii_lowercase();
+    if let Some(essential) = ESSENTIAL_HEADERS.iter().find(|h| h.starts_with(&prefix)) {
+        return Err(ConfigError::new(
+            key,
+            format!("`{prefix}` covers `{essential}`, which every request may need"),
+        ));
+    }
+    Ok(prefix)
 }
 
 #[cfg(test)]
@@ -915,6 +1043,46 @@ token:
             "  sources: [{header: x-token, query: token}]\n  algorithms",
         ));
         assert_eq!(e.key, "token.sources[0]");
+    }
+
+    #[test]
+    fn overlapping_listeners_are_recognised() {
+        let overlap = |a: &str, b: &str| listeners_overlap(a.parse().unwrap(), b.parse().unwrap());
+        assert_eq!(overlap("127.0.0.1:80", "127.0.0.1:80"), Some(Overlap::Same));
+        assert_eq!(
+            overlap("[::ffff:127.0.0.1]:80", "127.0.0.1:80"),
+            Some(Overlap::Same)
+        );
+        assert_eq!(
+            overlap("0.0.0.0:80", "10.0.0.1:80"),
+            Some(Overlap::Wildcard)
+        );
+        assert_eq!(overlap("[::1]:80", "[::]:80"), Some(Overlap::Wildcard));
+        assert_eq!(overlap("[::]:80", "0.0.0.0:80"), Some(Overlap::Wildcard));
+        assert_eq!(overlap("0.0.0.0:80", "[::1]:80"), None);
+        assert_eq!(overlap("127.0.0.1:80", "127.0.0.2:80"), None);
+        assert_eq!(overlap("127.0.0.1:80", "127.0.0.1:81"), None);
+        assert_eq!(overlap("127.0.0.1:0", "127.0.0.1:0"), None);
+    }
+
+    #[test]
+    fn header_prefix_is_lower_cased_and_checked() {
+        let prefix = |p: &str| {
+            Settings::from_yaml(&format!("{MINIMAL}forward:\n  header_prefix: \"{p}\"\n"))
+                .map(|s| s.forward.header_prefix)
+        };
+        assert_eq!(prefix("X-Edge-").unwrap(), "x-edge-");
+        for bad in ["", "x edge", "x-edge:", "cont"] {
+            assert_eq!(
+                prefix(bad).unwrap_err().key,
+                "forward.header_prefix",
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            Settings::from_yaml(MINIMAL).unwrap().forward.header_prefix,
+            "x-epochgate-"
+        );
     }
 
     #[test]

@@ -425,10 +425,13 @@ impl Inner {
                         // holding the old record must not be judged by it once this merge
                         // (a sign-out, say) is in.
                         old.value().superseded.store(true, Ordering::Release);
-                        (
-                            old.value().record().merged(&record),
-                            old.value().confirmed_at_ms.max(confirmed_at_ms),
-                        )
+                        let mut merged = old.value().record().merged(&record);
+                        // Each record is within the device bound, their union may not be:
+                        // drop what the account epoch makes redundant (no decision changes).
+                        if merged.devices.len() > inner.settings.max_devices_per_account {
+                            merged = merged.without_redundant_devices();
+                        }
+                        (merged, old.value().confirmed_at_ms.max(confirmed_at_ms))
                     }
                     None => (record, confirmed_at_ms),
                 };
@@ -460,6 +463,7 @@ mod tests {
                 refresh_after: Duration::from_secs(30),
                 max_stale: Duration::from_secs(600),
                 on_origin_unavailable: OnOriginUnavailable::Deny,
+                max_devices_per_account: 1_000,
             },
             origin,
             metrics.clone(),

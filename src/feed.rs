@@ -279,6 +279,16 @@ impl FeedService {
         };
         match kind.as_str() {
             "revocation" => match serde_json::from_str::<RevocationEvent>(&data) {
+                // A record naming more devices than the bound is not cached (one account must
+                // not take an edge's memory); as it may have been a sign-out, the account is
+                // checked with the origin, as for any event that cannot be used.
+                Ok(event)
+                    if !event.account_id.is_empty()
+                        && event.devices.len() > gate.origin().max_devices_per_account() =>
+                {
+                    metrics.count_feed_event(FeedEvent::Malformed);
+                    gate.cache().mark_due(&event.account_id).await;
+                }
                 Ok(event) if !event.account_id.is_empty() => {
                     metrics.count_feed_event(FeedEvent::Revocation);
                     if let Some(changed) = event.changed_at_ms {

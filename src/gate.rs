@@ -54,7 +54,10 @@ impl Gate {
     /// [`Gate::new`], with every interval and age measured on `clock` (tests step it).
     pub fn with_clock(settings: &Settings, clock: SharedClock) -> Result<Gate, GateError> {
         let metrics = Arc::new(Metrics::new());
-        let origin = Arc::new(OriginClient::new(&settings.auth_origin, metrics.clone())?);
+        let origin = Arc::new(
+            OriginClient::new(&settings.auth_origin, metrics.clone())?
+                .with_max_devices_per_account(settings.cache.max_devices_per_account),
+        );
         let keys = match &settings.token.keys {
             crate::config::KeySource::Jwks => KeyStore::new_jwks(
                 origin.clone(),

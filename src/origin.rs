@@ -1,5 +1,5 @@
 //! The HTTP client for the auth origin: revocation records and the JWKS, with limits,
-//! outcome metrics and rate-limited error logs.
+//! outcome metrics and rate-limited error logs. It follows no redirects: a `3xx` is an error.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -36,6 +36,8 @@ pub enum OriginError {
     TooLarge,
     #[error("invalid body: {0}")]
     BadBody(String),
+    #[error("record names {devices} devices, more than cache.max_devices_per_account ({max})")]
+    TooManyDevices { devices: usize, max: usize },
 }
 
 impl OriginError {
@@ -73,6 +75,7 @@ pub struct OriginClient {
     metrics: Arc<Metrics>,
     revocation_log: ThrottledLog,
     jwks_log: ThrottledLog,
+    max_devices_per_account: usize,
 }
 
 impl OriginClient {
@@ -81,6 +84,9 @@ impl OriginClient {
             .connect_timeout(settings.timeout)
             .pool_idle_timeout(Duration::from_secs(60))
             .user_agent(concat!("epochgate/", env!("CARGO_PKG_VERSION")))
+            // A compromised or misconfigured origin must not send the edge to another host:
+            // a 3xx comes back as it is and counts as an error.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| OriginError::Transport(e.to_string()))?;
         Ok(OriginClient {
@@ -90,7 +96,19 @@ impl OriginClient {
             metrics,
             revocation_log: ThrottledLog::new(),
             jwks_log: ThrottledLog::new(),
+            max_devices_per_account: usize::MAX,
         })
+    }
+
+    /// Refuses revocation records naming more devices than this (`cache.max_devices_per_account`).
+    pub fn with_max_devices_per_account(mut self, max: usize) -> Self {
+        self.max_devices_per_account = max;
+        self
+    }
+
+    /// The device bound of one revocation record, for records that come another way (the feed).
+    pub fn max_devices_per_account(&self) -> usize {
+        self.max_devices_per_account
     }
 
     pub fn base_url(&self) -> &str {
@@ -114,6 +132,12 @@ impl OriginClient {
                         return Err(OriginError::BadBody(
                             "account_id does not match the requested account".into(),
                         ));
+                    }
+                    if parsed.devices.len() > self.max_devices_per_account {
+                        return Err(OriginError::TooManyDevices {
+                            devices: parsed.devices.len(),
+                            max: self.max_devices_per_account,
+                        });
                     }
                     Ok(RevocationRecord {
                         epoch: parsed.epoch,

@@ -70,29 +70,36 @@ impl Forwarding {
             settings,
         }
     }
+
+    /// Whether a client-sent header of this name must not reach the upstream whatever the
+    /// verdict: the edge's namespace and the identity headers (which may lie outside it).
+    fn owned_by_the_edge(&self, name: &http::HeaderName) -> bool {
+        let forward = &self.settings;
+        // Header names are lower case, and so is the configured prefix.
+        name.as_str().starts_with(forward.header_prefix.as_str())
+            || *name == forward.account_header
+            || *name == forward.device_header
+    }
 }
 
-/// Removes client-sent identity headers (always: a client can never spoof them), adds the
-/// verified ones, and strips the token when configured to.
+/// Removes client-sent headers in the edge's namespace and the identity headers (always: a
+/// client can never spoof them), adds the verified identity, and removes every value of
+/// every token source when configured to (not only the one the token was read from).
 pub fn prepare_upstream_request(
     forwarding: &Forwarding,
     sources: &[TokenSource],
     verdict: Option<&Verdict>,
     upstream: &mut RequestHeader,
 ) -> Result<()> {
-    let forward = &forwarding.settings;
-    // `remove_header` drops one entry per call: loop until every copy is gone.
-    for name in [&forward.account_header, &forward.device_header] {
-        while upstream.remove_header(name).is_some() {}
-    }
+    remove_edge_headers(forwarding, upstream);
     let Some(verdict) = verdict else {
         return Ok(());
     };
     // The token goes first: the header map then has a free slot for the identity headers
     // instead of growing (a reallocation per request), and a token header that shares a
     // name with an identity header can never take the identity with it.
-    if forward.strip_token {
-        if let Some(source) = verdict.token_source.and_then(|i| sources.get(i)) {
+    if forwarding.settings.strip_token {
+        for source in sources {
             strip_token(source, upstream)?;
         }
     }
@@ -103,29 +110,74 @@ pub fn prepare_upstream_request(
     Ok(())
 }
 
+/// One pass over the header names; nothing is allocated unless a client sent one.
+fn remove_edge_headers(forwarding: &Forwarding, upstream: &mut RequestHeader) {
+    let mut owned: Vec<http::HeaderName> = Vec::new();
+    for name in upstream.headers.keys() {
+        if forwarding.owned_by_the_edge(name) {
+            owned.push(name.clone());
+        }
+    }
+    for name in &owned {
+        // `remove_header` takes every value of the name (and its original-case spelling).
+        upstream.remove_header(name);
+    }
+}
+
+/// Removes every value the source could carry a token in: every header value of the
+/// configured scheme, every query parameter of the name, every cookie of the name.
 fn strip_token(source: &TokenSource, upstream: &mut RequestHeader) -> Result<()> {
     match source {
-        TokenSource::Header { name, .. } => while upstream.remove_header(name).is_some() {},
+        TokenSource::Header { name, prefix } => {
+            let scheme = prefix.as_deref().map(str::trim_end).unwrap_or("");
+            let carries = |value: &http::HeaderValue| {
+                token_source::header_value_has_scheme(value.as_bytes(), scheme)
+            };
+            let values = upstream.headers.get_all(name);
+            let matching = values.iter().filter(|v| carries(v)).count();
+            if matching == 0 {
+                return Ok(());
+            }
+            let kept: Vec<http::HeaderValue> = if matching == values.iter().count() {
+                Vec::new()
+            } else {
+                values.iter().filter(|v| !carries(v)).cloned().collect()
+            };
+            upstream.remove_header(name);
+            for value in kept {
+                upstream.append_header(name.clone(), value)?;
+            }
+        }
         TokenSource::Query { name } => {
-            if let Some(target) = token_source::uri_without_query_param(&upstream.uri, name) {
-                if let Ok(uri) = target.parse() {
-                    upstream.set_uri(uri);
-                }
+            // The raw target is what goes on the wire (the URI may be a lossy rendering of it,
+            // or only the path of an absolute-form target).
+            if let Some(target) =
+                token_source::target_without_query_param(upstream.raw_path(), name)
+            {
+                // A target that no longer parses must not go out with the token in it.
+                upstream.set_raw_path(&target)?;
             }
         }
         TokenSource::Cookie { name } => {
-            let joined: Vec<String> = upstream
-                .headers
-                .get_all(http::header::COOKIE)
-                .iter()
-                .filter_map(|v| v.to_str().ok().map(str::to_string))
-                .collect();
-            if joined.is_empty() {
+            let values = upstream.headers.get_all(http::header::COOKIE);
+            let carries =
+                |v: &http::HeaderValue| token_source::cookie_header_names(v.as_bytes(), name);
+            if !values.iter().any(carries) {
                 return Ok(());
             }
-            while upstream.remove_header(&http::header::COOKIE).is_some() {}
-            if let Some(rest) = token_source::cookie_header_without(&joined.join("; "), name) {
-                upstream.insert_header(http::header::COOKIE, rest)?;
+            let kept: Vec<http::HeaderValue> = values
+                .iter()
+                .filter_map(|v| {
+                    if !carries(v) {
+                        return Some(v.clone());
+                    }
+                    token_source::cookie_bytes_without(v.as_bytes(), name)
+                        .and_then(|rest| http::HeaderValue::from_bytes(&rest).ok())
+                })
+                .collect();
+            upstream.remove_header(&http::header::COOKIE);
+            for value in kept {
+                upstream.append_header(http::header::COOKIE, value)?;
             }
         }
     }
@@ -244,6 +296,7 @@ mod tests {
             account_header: http::HeaderName::from_static("x-epochgate-account"),
             device_header: http::HeaderName::from_static("x-epochgate-device"),
             strip_token: true,
+            header_prefix: "x-epochgate-".into(),
         })
     }
 

@@ -53,6 +53,14 @@ impl RevocationRecord {
             devices,
         }
     }
+
+    /// The same record without the device epochs that revoke nothing the account epoch does
+    /// not already revoke (at or below it): every decision stays the same, in less memory.
+    pub fn without_redundant_devices(mut self) -> RevocationRecord {
+        let epoch = self.epoch;
+        self.devices.retain(|_, device_epoch| *device_epoch > epoch);
+        self
+    }
 }
 
 #[cfg(test)]
@@ -81,6 +89,22 @@ mod tests {
         let r = record(100, &[("tv", 200)]);
         assert_eq!(r.standing("tv", 150), Standing::DeviceSignedOut);
         assert_eq!(r.standing("phone", 150), Standing::Valid);
+    }
+
+    #[test]
+    fn redundant_device_epochs_are_dropped_and_decisions_unchanged() {
+        let r = record(100, &[("tv", 50), ("phone", 100), ("car", 150)]);
+        let pruned = r.clone().without_redundant_devices();
+        assert_eq!(pruned, record(100, &[("car", 150)]));
+        for device in ["tv", "phone", "car", "laptop"] {
+            for t in [40, 99, 100, 120, 149, 150, 200] {
+                assert_eq!(
+                    r.standing(device, t),
+                    pruned.standing(device, t),
+                    "{device} {t}"
+                );
+            }
+        }
     }
 
     #[test]

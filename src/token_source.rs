@@ -111,36 +111,92 @@ fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<Option<Cow<'a,
 /// The request target with every `name=` query parameter removed; other parameters keep
 /// their original encoding and order.
 pub fn uri_without_query_param(uri: &Uri, name: &str) -> Option<String> {
-    let query = uri.query()?;
-    let kept: Vec<&str> = query
-        .split('&')
-        .filter(|pair| {
-            let key = pair.split_once('=').map_or(*pair, |(k, _)| k);
-            form_urlencoded::parse(key.as_bytes())
-                .next()
-                .map_or(key != name, |(k, _)| k != name)
-        })
-        .collect();
-    if kept.len() == query.split('&').count() {
+    let target = uri.path_and_query()?.as_str();
+    let stripped = target_without_query_param(target.as_bytes(), name)?;
+    // Only whole `&`-separated pieces of a string were dropped: still UTF-8.
+    String::from_utf8(stripped).ok()
+}
+
+/// Whether a query parameter's key (as written, possibly percent-encoded) decodes to `name`.
+fn query_key_is(pair: &[u8], name: &str) -> bool {
+    let key = pair.split(|&b| b == b'=').next().unwrap_or(pair);
+    match form_urlencoded::parse(key).next() {
+        Some((decoded, _)) => decoded == name,
+        None => key == name.as_bytes(),
+    }
+}
+
+/// A raw request target (as it goes on the wire) with every query parameter whose name
+/// decodes to `name` removed, every other byte unchanged; `None` when there is none.
+/// Allocates only when something is removed.
+pub fn target_without_query_param(target: &[u8], name: &str) -> Option<Vec<u8>> {
+    let start = target.iter().position(|&b| b == b'?')?;
+    let (path, query) = (&target[..start], &target[start + 1..]);
+    if !query
+        .split(|&b| b == b'&')
+        .any(|pair| query_key_is(pair, name))
+    {
         return None;
     }
-    let path = uri.path();
-    Some(if kept.is_empty() {
-        path.to_string()
-    } else {
-        format!("{path}?{}", kept.join("&"))
-    })
+    let mut out = Vec::with_capacity(target.len());
+    out.extend_from_slice(path);
+    let mut first = true;
+    for pair in query.split(|&b| b == b'&') {
+        if query_key_is(pair, name) {
+            continue;
+        }
+        out.push(if first { b'?' } else { b'&' });
+        out.extend_from_slice(pair);
+        first = false;
+    }
+    Some(out)
+}
+
+/// Whether a header value is of the scheme (`Bearer`, matched case-insensitively after any
+/// leading whitespace). Anything that starts with the scheme counts, `Bearerxyz` too: what a
+/// client glued to the scheme name may still be a token. An empty scheme matches every value.
+pub fn header_value_has_scheme(value: &[u8], scheme: &str) -> bool {
+    let value = value.trim_ascii_start();
+    value
+        .get(..scheme.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(scheme.as_bytes()))
+}
+
+/// The `name` of one `name=value` cookie pair, without surrounding whitespace.
+fn cookie_name(pair: &[u8]) -> &[u8] {
+    pair.split(|&b| b == b'=')
+        .next()
+        .unwrap_or(pair)
+        .trim_ascii()
+}
+
+/// Whether a `Cookie` header value holds a cookie called `name`.
+pub fn cookie_header_names(value: &[u8], name: &str) -> bool {
+    value
+        .split(|&b| b == b';')
+        .any(|pair| cookie_name(pair) == name.as_bytes())
+}
+
+/// A `Cookie` header value (raw bytes) with every cookie called `name` removed, the other
+/// pairs unchanged and joined by `; `; `None` when nothing is left.
+pub fn cookie_bytes_without(value: &[u8], name: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(value.len());
+    for pair in value.split(|&b| b == b';') {
+        let pair = pair.trim_ascii();
+        if pair.is_empty() || cookie_name(pair) == name.as_bytes() {
+            continue;
+        }
+        if !out.is_empty() {
+            out.extend_from_slice(b"; ");
+        }
+        out.extend_from_slice(pair);
+    }
+    (!out.is_empty()).then_some(out)
 }
 
 /// A `Cookie` header value with the named cookie removed; `None` when nothing is left.
 pub fn cookie_header_without(value: &str, name: &str) -> Option<String> {
-    let kept: Vec<&str> = value
-        .split(';')
-        .map(str::trim)
-        .filter(|pair| !pair.is_empty())
-        .filter(|pair| pair.split_once('=').map_or(*pair, |(k, _)| k).trim() != name)
-        .collect();
-    (!kept.is_empty()).then(|| kept.join("; "))
+    cookie_bytes_without(value.as_bytes(), name).and_then(|rest| String::from_utf8(rest).ok())
 }
 
 #[cfg(test)]
@@ -271,6 +327,57 @@ mod tests {
         );
         let none: Uri = "/x?a=b".parse().unwrap();
         assert_eq!(uri_without_query_param(&none, "token"), None);
+    }
+
+    #[test]
+    fn every_query_param_of_the_name_is_stripped_byte_for_byte() {
+        let strip = |t: &[u8]| target_without_query_param(t, "token");
+        assert_eq!(
+            strip(b"/s.ts?token=a&x=%2F+y&to%6Ben=b&token&&tok=en&token=").as_deref(),
+            Some(&b"/s.ts?x=%2F+y&&tok=en"[..])
+        );
+        assert_eq!(
+            strip(b"http://h/s.ts?token=a&q=\xff").as_deref(),
+            Some(&b"http://h/s.ts?q=\xff"[..])
+        );
+        assert_eq!(strip(b"/s.ts?tokens=a&xtoken=b"), None);
+        assert_eq!(strip(b"/s.ts"), None);
+    }
+
+    #[test]
+    fn header_values_of_the_scheme_are_recognised_in_any_case() {
+        for value in [
+            "Bearer t",
+            "bearer t",
+            "  BEARER   t",
+            "Bearer",
+            "Bearerxyz",
+        ] {
+            assert!(
+                header_value_has_scheme(value.as_bytes(), "Bearer"),
+                "{value}"
+            );
+        }
+        assert!(!header_value_has_scheme(b"Basic dXNlcjpwdw==", "Bearer"));
+        assert!(!header_value_has_scheme(b"Bear", "Bearer"));
+        assert!(header_value_has_scheme(b"anything", ""));
+    }
+
+    #[test]
+    fn every_cookie_of_the_name_is_stripped_from_raw_bytes() {
+        assert_eq!(
+            cookie_bytes_without(
+                b"a=1;device_token=x; b=\xff; device_token=\"y\"",
+                "device_token"
+            )
+            .as_deref(),
+            Some(&b"a=1; b=\xff"[..])
+        );
+        assert!(cookie_header_names(b"a=1; device_token =x", "device_token"));
+        assert!(!cookie_header_names(
+            b"a=1; device_token2=x",
+            "device_token"
+        ));
     }
 
     #[test]

@@ -293,3 +293,205 @@ async fn session_time_in_the_future_is_invalid() {
         "only the valid token was looked up"
     );
 }
+
+/// What the upstream got: (request target, header name -> every value), from the echo.
+async fn forwarded(request: reqwest::RequestBuilder) -> serde_json::Value {
+    echoed(request.send().await.expect("request through the edge")).await
+}
+
+/// Every header the upstream received under `prefix`, with all their values.
+fn headers_under(echo: &serde_json::Value, prefix: &str) -> Vec<(String, serde_json::Value)> {
+    let mut found: Vec<(String, serde_json::Value)> = echo["headers"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(name, _)| name.starts_with(prefix))
+        .map(|(name, values)| (name.clone(), values.clone()))
+        .collect();
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    found
+}
+
+#[tokio::test]
+async fn every_copy_of_the_same_token_in_every_source_is_stripped() {
+    let (origin, _upstream, edge) = started().await;
+
+    let token = origin.token("alice", "tv");
+    let request = edge
+        .client
+        .get(edge.url(&format!(
+            "/live/seg1.ts?token={token}&a=1&b=x%20y&token={token}&c=&tok=en&token="
+        )))
+        .header("authorization", format!("Bearer {token}"))
+        .header("Authorization", format!("bearer   {token}"))
+        .header("cookie", format!("theme=dark; device_token={token}"))
+        .header("cookie", format!("device_token={token}"))
+        .header(
+            "cookie",
+            format!("lang=en;device_token=\"{token}\"; device_token2=keep"),
+        );
+    let echo = forwarded(request).await;
+
+    assert_eq!(echo["uri"], "/live/seg1.ts?a=1&b=x%20y&c=&tok=en");
+    assert!(echo["headers"].get("authorization").is_none(), "{echo}");
+    assert_eq!(
+        echo["headers"]["cookie"],
+        json!(["theme=dark", "lang=en; device_token2=keep"])
+    );
+    assert_eq!(echo["headers"]["x-epochgate-account"], json!(["alice"]));
+    assert!(!echo.to_string().contains(&token), "{echo}");
+}
+
+#[tokio::test]
+async fn every_copy_of_different_tokens_in_every_source_is_stripped() {
+    let (origin, _upstream, edge) = started().await;
+
+    // The header's first value is the token the edge checks; the others are other
+    // accounts' tokens and junk, which the upstream must not see either.
+    let token = origin.token("alice", "tv");
+    let others = [
+        origin.token("bob", "phone"),
+        origin.token("carol", "car"),
+        "not-a-jwt".to_string(),
+    ];
+    let request = edge
+        .client
+        .get(edge.url(&format!(
+            "/live/seg1.ts?token={}&keep=1&to%6Ben={}&token={}",
+            others[0], others[1], others[2]
+        )))
+        .header("authorization", format!("Bearer {token}"))
+        .header("authorization", format!("Bearer {}", others[0]))
+        .header("authorization", format!("BEARER {}", others[1]))
+        .header("cookie", format!("device_token={}; a=b", others[1]))
+        .header(
+            "cookie",
+            format!("device_token={}; device_token={}", others[2], others[0]),
+        );
+    let echo = forwarded(request).await;
+
+    assert_eq!(echo["uri"], "/live/seg1.ts?keep=1");
+    assert!(echo["headers"].get("authorization").is_none(), "{echo}");
+    assert_eq!(echo["headers"]["cookie"], json!(["a=b"]));
+    assert_eq!(echo["headers"]["x-epochgate-account"], json!(["alice"]));
+    let text = echo.to_string();
+    for t in others.iter().chain([&token]) {
+        assert!(!text.contains(t.as_str()), "{echo}");
+    }
+}
+
+#[tokio::test]
+async fn token_from_the_query_or_a_cookie_takes_the_other_copies_with_it() {
+    let (origin, _upstream, edge) = started().await;
+
+    let token = origin.token("alice", "tv");
+    let other = origin.token("bob", "tv");
+    // Checked from the query (the first Authorization value is not of the Bearer scheme):
+    // the cookie and a Bearer value behind the Basic one still go.
+    let from_query = edge
+        .client
+        .get(edge.url(&format!("/a.m3u8?token={token}&token={other}")))
+        .header("cookie", format!("device_token={other}"))
+        .header("authorization", "Basic dXNlcjpwdw==")
+        .header("authorization", format!("Bearer {other}"));
+    let echo = forwarded(from_query).await;
+    assert_eq!(echo["uri"], "/a.m3u8");
+    assert!(echo["headers"].get("cookie").is_none(), "{echo}");
+    assert_eq!(
+        echo["headers"]["authorization"],
+        json!(["Basic dXNlcjpwdw=="]),
+        "another scheme is not a token source"
+    );
+
+    let from_cookie = edge
+        .client
+        .get(edge.url("/a.m3u8?x=1"))
+        .header(
+            "cookie",
+            format!("device_token={token}; device_token={other}"),
+        )
+        .header("cookie", format!("x=1; device_token={other}"));
+    let echo = forwarded(from_cookie).await;
+    assert_eq!(echo["uri"], "/a.m3u8?x=1");
+    assert_eq!(echo["headers"]["cookie"], json!(["x=1"]));
+    assert_eq!(echo["headers"]["x-epochgate-account"], json!(["alice"]));
+}
+
+/// Spoofed headers under the edge's prefix, in odd cases and repeated.
+const SPOOFED: [(&str, &str); 8] = [
+    ("x-epochgate-verified", "spoofed"),
+    ("X-Epochgate-Verified", "spoofed-again"),
+    ("X-EPOCHGATE-ROLE", "admin"),
+    ("x-EpochGate-Account-Id", "mallory"),
+    ("x-epochgate-account", "mallory"),
+    ("X-Epochgate-Device", "stolen"),
+    ("x-epochgate-", "empty-suffix"),
+    ("x-epochgate-role", "owner"),
+];
+
+#[tokio::test]
+async fn client_headers_under_the_edge_prefix_never_reach_the_upstream() {
+    let (origin, _upstream, edge) = started().await;
+
+    let token = origin.token("alice", "tv");
+    for source in ["header", "query", "cookie"] {
+        let mut request = match source {
+            "header" => edge.client.get(edge.url("/s.ts")).bearer_auth(&token),
+            "query" => edge.client.get(edge.url(&format!("/s.ts?token={token}"))),
+            _ => edge
+                .client
+                .get(edge.url("/s.ts"))
+                .header("cookie", format!("device_token={token}")),
+        };
+        for (name, value) in SPOOFED {
+            request = request.header(name, value);
+        }
+        // Near misses are not under the prefix and pass.
+        request = request
+            .header("x-epochgate", "near-miss")
+            .header("x-epochgatex-id", "near-miss");
+        let echo = forwarded(request).await;
+        assert_eq!(
+            headers_under(&echo, "x-epochgate-"),
+            [
+                ("x-epochgate-account".to_string(), json!(["alice"])),
+                ("x-epochgate-device".to_string(), json!(["tv"])),
+            ],
+            "token from the {source}: {echo}"
+        );
+        assert_eq!(echo["headers"]["x-epochgate"], json!(["near-miss"]));
+        assert_eq!(echo["headers"]["x-epochgatex-id"], json!(["near-miss"]));
+    }
+}
+
+#[tokio::test]
+async fn configured_header_prefix_is_owned_and_identity_headers_outside_it_stay_stripped() {
+    let origin = TestOrigin::start().await;
+    let upstream = Upstream::start().await;
+    let edge = Edge::start_with(
+        &origin.url(),
+        upstream.addr,
+        DEFAULT_CACHE,
+        "forward:\n  header_prefix: X-Edge-\n",
+    )
+    .await;
+
+    let request = edge
+        .client
+        .get(edge.url("/"))
+        .bearer_auth(origin.token("alice", "tv"))
+        .header("x-edge-verified", "spoofed")
+        .header("X-EDGE-ROLE", "admin")
+        .header("x-edge-role", "owner")
+        .header("X-Epochgate-Account", "mallory")
+        .header("x-epochgate-device", "stolen")
+        .header("x-epochgate-verified", "not-ours-any-more");
+    let echo = forwarded(request).await;
+    assert!(headers_under(&echo, "x-edge-").is_empty(), "{echo}");
+    assert_eq!(echo["headers"]["x-epochgate-account"], json!(["alice"]));
+    assert_eq!(echo["headers"]["x-epochgate-device"], json!(["tv"]));
+    assert_eq!(
+        echo["headers"]["x-epochgate-verified"],
+        json!(["not-ours-any-more"])
+    );
+}

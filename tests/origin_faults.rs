@@ -256,3 +256,138 @@ async fn key_removed_from_the_jwks_stops_verifying_even_remembered_tokens() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn redirected_lookup_is_an_error_and_not_followed() {
+    let origin = TestOrigin::start().await;
+    let elsewhere = TestOrigin::start().await;
+    let upstream = Upstream::start().await;
+    let edge = Edge::start(&origin, &upstream).await;
+
+    // The origin bounces lookups to another host, which would vouch for the account.
+    origin.redirect("revocations", &elsewhere.url());
+    let response = edge.get_with_token("/", &origin.token("alice", "tv")).await;
+    assert_eq!(
+        rejection(response, 503).await["error"],
+        "origin_unavailable"
+    );
+    assert_eq!(
+        elsewhere.revocation_requests(),
+        0,
+        "the edge followed the redirect"
+    );
+    assert!(
+        edge.metric(r#"epochgate_origin_requests_total{endpoint="revocations",outcome="error"}"#)
+            .await
+            >= 1.0
+    );
+}
+
+#[tokio::test]
+async fn redirected_jwks_and_feed_are_errors_and_not_followed() {
+    let origin = TestOrigin::start().await;
+    let elsewhere = TestOrigin::start().await;
+    elsewhere.enable_feed();
+    origin.enable_feed();
+    origin.redirect("jwks", &elsewhere.url());
+    origin.redirect("feed", &elsewhere.url());
+    let upstream = Upstream::start().await;
+    let edge = Edge::spawn(&origin.url(), upstream.addr, DEFAULT_CACHE, "");
+
+    let jwks_errors = r#"epochgate_origin_requests_total{endpoint="jwks",outcome="error"}"#;
+    let feed_errors = r#"epochgate_origin_requests_total{endpoint="feed",outcome="error"}"#;
+    // The edge tries the JWKS before it opens its listeners: wait for the admin endpoint.
+    eventually(Duration::from_secs(10), "the admin endpoint", || {
+        let edge = &edge;
+        async move {
+            let up = edge.client.get(edge.admin_url("/healthz")).send().await;
+            up.is_ok().then_some(())
+        }
+    })
+    .await;
+    eventually(
+        Duration::from_secs(10),
+        "redirects counted as errors",
+        || {
+            let edge = &edge;
+            async move {
+                (edge.metric(jwks_errors).await >= 2.0 && edge.metric(feed_errors).await >= 2.0)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    let readiness = edge.readiness().await;
+    assert_eq!(readiness["keys"], 0, "{readiness}");
+    assert_eq!(readiness["feed"], "connecting", "{readiness}");
+    assert_eq!(
+        elsewhere.jwks_requests(),
+        0,
+        "the edge followed the JWKS redirect"
+    );
+    assert!(
+        elsewhere.feed_connections().is_empty(),
+        "the edge followed the feed redirect"
+    );
+    let response = edge
+        .get_with_token("/", &elsewhere.token("alice", "tv"))
+        .await;
+    assert_eq!(rejection(response, 503).await["error"], "not_ready");
+}
+
+#[tokio::test]
+async fn record_over_the_device_bound_is_an_error_for_that_lookup() {
+    let origin = TestOrigin::start().await;
+    let upstream = Upstream::start().await;
+    let edge = Edge::start(&origin, &upstream).await;
+
+    // The default bound is 1,000 devices per account.
+    let many: Vec<(String, u64)> = (0..1001).map(|i| (format!("dev-{i}"), 1)).collect();
+    let over: Vec<(&str, u64)> = many.iter().map(|(d, e)| (d.as_str(), *e)).collect();
+    origin.set_record("crowded", 0, &over);
+    origin.set_record("full", 0, &over[..1000]);
+
+    let response = edge
+        .get_with_token("/", &origin.token("crowded", "tv"))
+        .await;
+    assert_eq!(
+        rejection(response, 503).await["error"],
+        "origin_unavailable"
+    );
+    assert!(
+        edge.metric(r#"epochgate_origin_requests_total{endpoint="revocations",outcome="error"}"#)
+            .await
+            >= 1.0
+    );
+    let at_the_bound = edge.get_with_token("/", &origin.token("full", "tv")).await;
+    assert_eq!(
+        at_the_bound.status(),
+        200,
+        "1,000 devices are within the bound"
+    );
+    assert_eq!(
+        edge.readiness().await["cached_accounts"],
+        1,
+        "only the record within the bound was cached"
+    );
+}
+
+#[tokio::test]
+async fn device_bound_is_configurable() {
+    let origin = TestOrigin::start().await;
+    let upstream = Upstream::start().await;
+    let edge = Edge::start_with(
+        &origin.url(),
+        upstream.addr,
+        &format!("{DEFAULT_CACHE}  max_devices_per_account: 2\n"),
+        "",
+    )
+    .await;
+    origin.set_record("alice", 0, &[("tv", 1), ("phone", 1), ("car", 1)]);
+    origin.set_record("bob", 0, &[("tv", 1), ("phone", 1)]);
+
+    let alice = edge.get_with_token("/", &origin.token("alice", "tv")).await;
+    assert_eq!(rejection(alice, 503).await["error"], "origin_unavailable");
+    let bob = edge.get_with_token("/", &origin.token("bob", "tv")).await;
+    assert_eq!(bob.status(), 200);
+}

@@ -247,3 +247,40 @@ async fn silent_feed_connection_is_replaced() {
     .await;
     assert!(edge.log().contains("presumed dead"), "{}", edge.log());
 }
+
+#[tokio::test]
+async fn pushed_record_over_the_device_bound_is_not_cached_and_the_account_is_checked() {
+    let (origin, _upstream, edge) = connected().await;
+
+    let token = origin.token("alice", "tv");
+    assert_eq!(edge.get_with_token("/", &token).await.status(), 200);
+    assert_eq!(origin.revocation_requests(), 1);
+    // A pushed record naming more devices than cache.max_devices_per_account (1,000).
+    let devices: std::collections::HashMap<String, u64> =
+        (0..1001).map(|i| (format!("dev-{i}"), 1)).collect();
+    let data = serde_json::json!({"account_id": "alice", "epoch": now(), "devices": devices});
+    origin.feed_send(format!("event: revocation\nid: 1\ndata: {data}\n\n"));
+    let malformed = r#"epochgate_feed_events_total{event="malformed"}"#;
+    eventually(
+        Duration::from_secs(10),
+        "the event counted malformed",
+        || {
+            let edge = &edge;
+            async move { (edge.metric(malformed).await == 1.0).then_some(()) }
+        },
+    )
+    .await;
+
+    // Not applied: the account is judged by what the origin says on the next lookup.
+    assert_eq!(edge.get_with_token("/", &token).await.status(), 200);
+    assert_eq!(
+        origin.revocation_requests(),
+        2,
+        "the account was checked with the origin"
+    );
+    assert_eq!(
+        edge.metric(r#"epochgate_feed_events_total{event="revocation"}"#)
+            .await,
+        0.0
+    );
+}

@@ -233,3 +233,148 @@ fn which(program: &str) -> Option<std::path::PathBuf> {
             .find(|path| path.is_file())
     })
 }
+
+/// `-t` on the test config with `proxy.listen` and `admin.listen` replaced.
+fn check_listeners(proxy: &[&str], admin: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = proxy
+        .iter()
+        .map(|a| format!("\"{a}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let text = valid_config(&dir)
+        .lines()
+        .map(|line| {
+            if line.starts_with("  listen: [") {
+                format!("  listen: [{listen}]")
+            } else if line.starts_with("  listen: \"") {
+                format!("  listen: \"{admin}\"")
+            } else {
+                line.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    run_cli(&["-t", "-c", &write_config(&dir, &text)])
+}
+
+#[test]
+fn proxy_listen_twice_is_an_error_naming_both_keys() {
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let (code, out) = check_listeners(&[&addr, &addr], &format!("127.0.0.1:{}", free_port()));
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("proxy.listen[0]") && out.contains("proxy.listen[1]"),
+        "{out}"
+    );
+}
+
+#[test]
+fn proxy_and_admin_on_one_address_is_an_error_naming_both_keys() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let (code, out) = check_listeners(&[&addr], &addr);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("proxy.listen[0]") && out.contains("admin.listen"),
+        "{out}"
+    );
+}
+
+#[test]
+fn wildcard_and_specific_address_on_one_port_is_an_error() {
+    let port = free_port();
+    for (proxy, admin) in [
+        (format!("0.0.0.0:{port}"), format!("127.0.0.1:{port}")),
+        (format!("127.0.0.1:{port}"), format!("0.0.0.0:{port}")),
+        (format!("[::]:{port}"), format!("127.0.0.1:{port}")),
+        (format!("[::]:{port}"), format!("[::1]:{port}")),
+        (format!("[::1]:{port}"), format!("[::]:{port}")),
+    ] {
+        let (code, out) = check_listeners(&[&proxy], &admin);
+        assert_ne!(code, 0, "{proxy} and {admin}: {out}");
+        assert!(
+            out.contains("proxy.listen[0]") && out.contains("admin.listen"),
+            "{out}"
+        );
+        assert!(out.contains("wildcard"), "{out}");
+    }
+    // Different ports, or two specific addresses on one port, are fine.
+    let other = free_port();
+    for (proxy, admin) in [
+        (format!("0.0.0.0:{port}"), format!("127.0.0.1:{other}")),
+        (format!("127.0.0.1:{port}"), format!("127.0.0.2:{port}")),
+    ] {
+        let (code, out) = check_listeners(&[&proxy], &admin);
+        assert_eq!(code, 0, "{proxy} and {admin}: {out}");
+    }
+}
+
+#[test]
+fn edge_with_proxy_and_admin_on_one_address_exits_before_binding() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let text = edge_config(
+        "http://127.0.0.1:9",
+        "127.0.0.1:9".parse().unwrap(),
+        port,
+        port,
+        dir.path(),
+        DEFAULT_CACHE,
+        "",
+    );
+    let path = write_config(&dir, &text);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_epochgate"))
+        .args(["-c", &path])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let status = status.expect("the edge started with both listeners on one address");
+    assert!(!status.success());
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(
+        err.contains("admin.listen") && err.contains("proxy.listen[0]"),
+        "{err}"
+    );
+}
+
+#[test]
+fn header_prefix_that_is_empty_or_not_a_header_name_prefix_is_an_error() {
+    for prefix in [
+        "\"\"",
+        "\"x epochgate-\"",
+        "\"x-épochgate-\"",
+        "\"x-gate:\"",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "{}forward:\n  header_prefix: {prefix}\n",
+            valid_config(&dir)
+        );
+        let (code, out) = run_cli(&["-t", "-c", &write_config(&dir, &text)]);
+        assert_ne!(code, 0, "{prefix}: {out}");
+        assert!(out.contains("forward.header_prefix"), "{prefix}: {out}");
+    }
+    // Any case; the identity headers may lie under it (the defaults do).
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{}forward:\n  header_prefix: X-EpochGate-\n",
+        valid_config(&dir)
+    );
+    let (code, out) = run_cli(&["-t", "-c", &write_config(&dir, &text)]);
+    assert_eq!(code, 0, "{out}");
+}

@@ -113,6 +113,8 @@ pub struct OriginState {
     pub jwks_down: Mutex<bool>,
     pub revocation_requests: AtomicU64,
     pub jwks_requests: AtomicU64,
+    /// Endpoints (`jwks`, `revocations`, `feed`) answering `302 Found` to this base URL.
+    pub redirects: Mutex<HashMap<&'static str, String>>,
 }
 
 /// A protocol-speaking auth origin whose answers the test controls, and which counts.
@@ -136,6 +138,7 @@ impl TestOrigin {
             jwks_down: Mutex::new(false),
             revocation_requests: AtomicU64::new(0),
             jwks_requests: AtomicU64::new(0),
+            redirects: Mutex::new(HashMap::new()),
         });
         let mut origin = TestOrigin {
             state,
@@ -240,6 +243,16 @@ impl TestOrigin {
         *self.state.mode.lock().unwrap() = mode;
     }
 
+    /// Makes `endpoint` (`jwks`, `revocations` or `feed`) answer `302 Found` with a
+    /// `Location` on `target` (a base URL), the same path there.
+    pub fn redirect(&self, endpoint: &'static str, target: &str) {
+        self.state
+            .redirects
+            .lock()
+            .unwrap()
+            .insert(endpoint, target.to_string());
+    }
+
     pub fn set_jwks_down(&self, down: bool) {
         *self.state.jwks_down.lock().unwrap() = down;
     }
@@ -298,8 +311,23 @@ pub fn claims(account: &str, device: &str, iat: u64) -> Value {
     })
 }
 
+/// The `302` an endpoint answers while the test redirects it.
+fn redirected(state: &OriginState, endpoint: &str, path: &str) -> Option<Response> {
+    let target = state.redirects.lock().unwrap().get(endpoint).cloned()?;
+    Some(
+        Response::builder()
+            .status(StatusCode::FOUND)
+            .header("location", format!("{target}{path}"))
+            .body(Body::empty())
+            .unwrap(),
+    )
+}
+
 async fn origin_jwks(State(state): State<Arc<OriginState>>) -> Response {
     state.jwks_requests.fetch_add(1, Ordering::SeqCst);
+    if let Some(redirect) = redirected(&state, "jwks", "/.well-known/jwks.json") {
+        return redirect;
+    }
     if *state.jwks_down.lock().unwrap() {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     }
@@ -308,6 +336,9 @@ async fn origin_jwks(State(state): State<Arc<OriginState>>) -> Response {
 }
 
 async fn origin_feed(State(state): State<Arc<OriginState>>, headers: HeaderMap) -> Response {
+    if let Some(redirect) = redirected(&state, "feed", "/v1/revocation-feed") {
+        return redirect;
+    }
     let Some(rx) = state.feed.lock().unwrap().as_ref().map(|tx| tx.subscribe()) else {
         return StatusCode::NOT_FOUND.into_response();
     };
@@ -335,6 +366,10 @@ async fn origin_revocation(
     Path(account): Path<String>,
 ) -> Response {
     state.revocation_requests.fetch_add(1, Ordering::SeqCst);
+    if let Some(redirect) = redirected(&state, "revocations", &format!("/v1/revocations/{account}"))
+    {
+        return redirect;
+    }
     let mode = *state.mode.lock().unwrap();
     match mode {
         Mode::Normal => {}

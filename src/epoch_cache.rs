@@ -414,6 +414,7 @@ mod tests {
                 idle_timeout: Duration::from_secs(45),
                 unsupported_retry: Duration::from_secs(300),
             },
+            max_concurrent_lookups: 64,
         };
         let origin = Arc::new(OriginClient::new(&settings, metrics.clone()).unwrap());
         EpochCache::new(

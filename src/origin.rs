@@ -1,12 +1,14 @@
-//! The HTTP client for the auth origin: revocation records and the JWKS, with limits,
-//! outcome metrics and rate-limited error logs.
+//! The HTTP client for the auth origin: revocation records (a bounded number in flight) and
+//! the JWKS, with limits, outcome metrics and rate-limited error logs.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use prometheus::IntGauge;
 use serde::Deserialize;
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::config::AuthOriginSettings;
 use crate::metrics::{Endpoint, Metrics, Outcome};
@@ -35,6 +37,9 @@ pub enum OriginError {
     TooLarge,
     #[error("invalid body: {0}")]
     BadBody(String),
+    /// Every revocation-lookup slot stayed taken for this long: the lookup was never sent.
+    #[error("no lookup slot free within {0:?} (auth_origin.max_concurrent_lookups)")]
+    NoLookupSlot(Duration),
 }
 
 impl OriginError {
@@ -72,6 +77,22 @@ pub struct OriginClient {
     metrics: Arc<Metrics>,
     revocation_log: ThrottledLog,
     jwks_log: ThrottledLog,
+    /// One permit per revocation lookup in flight (`auth_origin.max_concurrent_lookups`), so
+    /// a cold cache (a restart, an upgrade) cannot send every active account's lookup at once.
+    /// Fair: lookups get slots in the order they asked.
+    lookup_slots: Semaphore,
+}
+
+/// A revocation lookup's slot, held while the lookup is in flight.
+struct LookupSlot<'a> {
+    _permit: SemaphorePermit<'a>,
+    in_flight: &'a IntGauge,
+}
+
+impl Drop for LookupSlot<'_> {
+    fn drop(&mut self) {
+        self.in_flight.dec();
+    }
 }
 
 impl OriginClient {
@@ -89,6 +110,7 @@ impl OriginClient {
             metrics,
             revocation_log: ThrottledLog::new(),
             jwks_log: ThrottledLog::new(),
+            lookup_slots: Semaphore::new(settings.max_concurrent_lookups),
         })
     }
 
@@ -97,7 +119,17 @@ impl OriginClient {
     }
 
     /// `GET /v1/revocations/{account}`. A 404 means "no revocations": an empty record.
+    /// Waits for a lookup slot first (at most the timeout); the timeout of the request itself
+    /// starts once it has one.
     pub async fn fetch_record(&self, account: &str) -> Result<RevocationRecord, OriginError> {
+        let _slot = match self.lookup_slot().await {
+            Ok(slot) => slot,
+            Err(e) => {
+                self.revocation_log
+                    .warn(format_args!("auth origin revocation lookup failed: {e}"));
+                return Err(e);
+            }
+        };
         let url = format!(
             "{}/v1/revocations/{}",
             self.base,
@@ -127,6 +159,25 @@ impl OriginClient {
                 .warn(format_args!("auth origin revocation lookup failed: {e}"));
         }
         result
+    }
+
+    /// Waits up to the timeout for one of the `max_concurrent_lookups` slots.
+    async fn lookup_slot(&self) -> Result<LookupSlot<'_>, OriginError> {
+        let started = Instant::now();
+        // `acquire` fails only on a closed semaphore, and this one is never closed.
+        let permit = tokio::time::timeout(self.timeout, self.lookup_slots.acquire())
+            .await
+            .ok()
+            .and_then(Result::ok);
+        self.metrics
+            .observe_lookup_queue_wait(started.elapsed(), permit.is_some());
+        let permit = permit.ok_or(OriginError::NoLookupSlot(self.timeout))?;
+        let in_flight = &self.metrics.origin_lookups_in_flight;
+        in_flight.inc();
+        Ok(LookupSlot {
+            _permit: permit,
+            in_flight,
+        })
     }
 
     /// `GET /.well-known/jwks.json`, as the raw list of keys (each parsed on its own so one

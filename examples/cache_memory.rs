@@ -52,6 +52,7 @@ async fn main() {
                     idle_timeout: Duration::from_secs(45),
                     unsupported_retry: Duration::from_secs(300),
                 },
+                max_concurrent_lookups: 64,
             },
             metrics.clone(),
         )

@@ -123,6 +123,13 @@ struct AuthOriginFile {
     /// After a 404 on the feed, try it again this often.
     #[serde(default = "default_feed_unsupported_retry")]
     feed_unsupported_retry: HumanDuration,
+    /// Revocation lookups in flight at once; the others wait for a slot.
+    #[serde(default = "default_max_concurrent_lookups")]
+    max_concurrent_lookups: u64,
+}
+
+fn default_max_concurrent_lookups() -> u64 {
+    64
 }
 
 fn default_feed_idle_timeout() -> HumanDuration {
@@ -351,6 +358,9 @@ pub struct AuthOriginSettings {
     pub timeout: Duration,
     pub jwks_refresh: Duration,
     pub feed: FeedSettings,
+    /// Revocation lookups (`GET /v1/revocations/{account}`) in flight at once, per edge.
+    /// A lookup waits at most `timeout` for a slot, then fails like an unanswered one.
+    pub max_concurrent_lookups: usize,
 }
 
 /// The revocation feed subscription.
@@ -666,6 +676,21 @@ impl AuthOriginFile {
             "auth_origin.feed_unsupported_retry",
             self.feed_unsupported_retry,
         )?;
+        let max_concurrent_lookups = match usize::try_from(self.max_concurrent_lookups) {
+            Ok(0) => {
+                return Err(ConfigError::new(
+                    "auth_origin.max_concurrent_lookups",
+                    "must be at least 1",
+                ))
+            }
+            Ok(n) if n <= MAX_CONCURRENT_LOOKUPS => n,
+            _ => {
+                return Err(ConfigError::new(
+                    "auth_origin.max_concurrent_lookups",
+                    format!("must be at most {MAX_CONCURRENT_LOOKUPS}"),
+                ))
+            }
+        };
         Ok(AuthOriginSettings {
             url,
             timeout: self.timeout.0,
@@ -675,9 +700,14 @@ impl AuthOriginFile {
                 idle_timeout: self.feed_idle_timeout.0,
                 unsupported_retry: self.feed_unsupported_retry.0,
             },
+            max_concurrent_lookups,
         })
     }
 }
+
+/// Upper bound of `auth_origin.max_concurrent_lookups`: far above what one edge can use, and
+/// within what the slot semaphore can hold on any platform.
+pub const MAX_CONCURRENT_LOOKUPS: usize = 1_000_000;
 
 fn positive(key: &str, d: HumanDuration) -> Result<(), ConfigError> {
     if d.0.is_zero() {
@@ -979,6 +1009,7 @@ token:
         let s = Settings::from_yaml(MINIMAL).unwrap();
         assert_eq!(s.auth_origin.url, "http://127.0.0.1:7000");
         assert_eq!(s.auth_origin.timeout, Duration::from_millis(250));
+        assert_eq!(s.auth_origin.max_concurrent_lookups, 64);
         assert_eq!(s.cache.on_origin_unavailable, OnOriginUnavailable::Deny);
         assert_eq!(s.token.sources.len(), 3);
         assert_eq!(
@@ -1118,5 +1149,18 @@ token:
             "{MINIMAL}cache:\n  on_origin_unavailable: maybe\n"
         ));
         assert_eq!(e.key, "cache.on_origin_unavailable");
+    }
+
+    #[test]
+    fn zero_max_concurrent_lookups_is_rejected() {
+        let e = error_for(&MINIMAL.replace("url:", "max_concurrent_lookups: 0\n  url:"));
+        assert_eq!(e.key, "auth_origin.max_concurrent_lookups");
+        assert!(e.message.contains("at least 1"), "{e}");
+    }
+
+    #[test]
+    fn negative_max_concurrent_lookups_names_the_key() {
+        let e = error_for(&MINIMAL.replace("url:", "max_concurrent_lookups: -8\n  url:"));
+        assert_eq!(e.key, "auth_origin.max_concurrent_lookups");
     }
 }

@@ -87,6 +87,9 @@ pub struct Metrics {
     pub feed_reconnects: IntCounter,
     pub feed_last_activity_age: Gauge,
     feed_lag: Histogram,
+    pub origin_lookups_in_flight: IntGauge,
+    origin_lookup_queue_wait: Histogram,
+    origin_lookup_queue_timeouts: IntCounter,
 }
 
 impl Metrics {
@@ -167,6 +170,26 @@ impl Metrics {
         .expect("static metric definition");
         let jwks_keys = IntGauge::new("epochgate_jwks_keys", "Verification keys currently loaded.")
             .expect("static metric definition");
+        let origin_lookups_in_flight = IntGauge::new(
+            "epochgate_origin_lookups_in_flight",
+            "Revocation lookups sent to the auth origin and not finished (at most auth_origin.max_concurrent_lookups).",
+        )
+        .expect("static metric definition");
+        let origin_lookup_queue_wait = Histogram::with_opts(
+            HistogramOpts::new(
+                "epochgate_origin_lookup_queue_wait_seconds",
+                "Time a revocation lookup waited for a free slot (auth_origin.max_concurrent_lookups) before it was sent or given up.",
+            )
+            .buckets(vec![
+                0.0001, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+        )
+        .expect("static metric definition");
+        let origin_lookup_queue_timeouts = IntCounter::new(
+            "epochgate_origin_lookup_queue_timeouts_total",
+            "Revocation lookups given up, never sent, after waiting auth_origin.timeout for a free slot.",
+        )
+        .expect("static metric definition");
 
         for collector in [
             Box::new(requests_vec.clone()) as Box<dyn prometheus::core::Collector>,
@@ -180,6 +203,9 @@ impl Metrics {
             Box::new(feed_reconnects.clone()),
             Box::new(feed_last_activity_age.clone()),
             Box::new(feed_lag.clone()),
+            Box::new(origin_lookups_in_flight.clone()),
+            Box::new(origin_lookup_queue_wait.clone()),
+            Box::new(origin_lookup_queue_timeouts.clone()),
         ] {
             registry
                 .register(collector)
@@ -218,6 +244,9 @@ impl Metrics {
             feed_reconnects,
             feed_last_activity_age,
             feed_lag,
+            origin_lookups_in_flight,
+            origin_lookup_queue_wait,
+            origin_lookup_queue_timeouts,
             registry,
             requests,
             origin_requests,
@@ -276,6 +305,14 @@ impl Metrics {
             FeedEvent::Malformed => 2,
         };
         self.feed_events[index].inc();
+    }
+
+    /// A revocation lookup waited this long for a slot; `got_one` is false when it gave up.
+    pub fn observe_lookup_queue_wait(&self, waited: Duration, got_one: bool) {
+        self.origin_lookup_queue_wait.observe(waited.as_secs_f64());
+        if !got_one {
+            self.origin_lookup_queue_timeouts.inc();
+        }
     }
 
     pub fn observe_feed_lag(&self, lag: Duration) {

@@ -1,12 +1,15 @@
-//! The HTTP client for the auth origin: revocation records and the JWKS, with limits,
-//! outcome metrics and rate-limited error logs. It follows no redirects: a `3xx` is an error.
+//! The HTTP client for the auth origin: revocation records (a bounded number in flight) and
+//! the JWKS, with limits, outcome metrics and rate-limited error logs. It follows no
+//! redirects: a `3xx` is an error.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use prometheus::IntGauge;
 use serde::Deserialize;
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::clock::{self, SharedClock};
 use crate::config::AuthOriginSettings;
@@ -38,6 +41,9 @@ pub enum OriginError {
     BadBody(String),
     #[error("record names {devices} devices, more than cache.max_devices_per_account ({max})")]
     TooManyDevices { devices: usize, max: usize },
+    /// Every revocation-lookup slot stayed taken for this long: the lookup was never sent.
+    #[error("no lookup slot free within {0:?} (auth_origin.max_concurrent_lookups)")]
+    NoLookupSlot(Duration),
 }
 
 impl OriginError {
@@ -76,6 +82,22 @@ pub struct OriginClient {
     revocation_log: ThrottledLog,
     jwks_log: ThrottledLog,
     max_devices_per_account: usize,
+    /// One permit per revocation lookup in flight (`auth_origin.max_concurrent_lookups`), so
+    /// a cold cache (a restart, an upgrade) cannot send every active account's lookup at once.
+    /// Fair: lookups get slots in the order they asked.
+    lookup_slots: Semaphore,
+}
+
+/// A revocation lookup's slot, held while the lookup is in flight.
+struct LookupSlot<'a> {
+    _permit: SemaphorePermit<'a>,
+    in_flight: &'a IntGauge,
+}
+
+impl Drop for LookupSlot<'_> {
+    fn drop(&mut self) {
+        self.in_flight.dec();
+    }
 }
 
 impl OriginClient {
@@ -97,6 +119,7 @@ impl OriginClient {
             revocation_log: ThrottledLog::new(),
             jwks_log: ThrottledLog::new(),
             max_devices_per_account: usize::MAX,
+            lookup_slots: Semaphore::new(settings.max_concurrent_lookups),
         })
     }
 
@@ -116,7 +139,17 @@ impl OriginClient {
     }
 
     /// `GET /v1/revocations/{account}`. A 404 means "no revocations": an empty record.
+    /// Waits for a lookup slot first (at most the timeout); the timeout of the request itself
+    /// starts once it has one.
     pub async fn fetch_record(&self, account: &str) -> Result<RevocationRecord, OriginError> {
+        let _slot = match self.lookup_slot().await {
+            Ok(slot) => slot,
+            Err(e) => {
+                self.revocation_log
+                    .warn(format_args!("auth origin revocation lookup failed: {e}"));
+                return Err(e);
+            }
+        };
         let url = format!(
             "{}/v1/revocations/{}",
             self.base,
@@ -152,6 +185,25 @@ impl OriginClient {
                 .warn(format_args!("auth origin revocation lookup failed: {e}"));
         }
         result
+    }
+
+    /// Waits up to the timeout for one of the `max_concurrent_lookups` slots.
+    async fn lookup_slot(&self) -> Result<LookupSlot<'_>, OriginError> {
+        let started = Instant::now();
+        // `acquire` fails only on a closed semaphore, and this one is never closed.
+        let permit = tokio::time::timeout(self.timeout, self.lookup_slots.acquire())
+            .await
+            .ok()
+            .and_then(Result::ok);
+        self.metrics
+            .observe_lookup_queue_wait(started.elapsed(), permit.is_some());
+        let permit = permit.ok_or(OriginError::NoLookupSlot(self.timeout))?;
+        let in_flight = &self.metrics.origin_lookups_in_flight;
+        in_flight.inc();
+        Ok(LookupSlot {
+            _permit: permit,
+            in_flight,
+        })
     }
 
     /// `GET /.well-known/jwks.json`, as the raw list of keys (each parsed on its own so one
@@ -344,6 +396,7 @@ pub(crate) fn unreachable_origin(metrics: Arc<Metrics>) -> Arc<OriginClient> {
             idle_timeout: Duration::from_secs(45),
             unsupported_retry: Duration::from_secs(300),
         },
+        max_concurrent_lookups: 64,
     };
     Arc::new(OriginClient::new(&settings, metrics).expect("client for a fixed URL"))
 }

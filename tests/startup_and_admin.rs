@@ -196,6 +196,9 @@ async fn metrics_exposition_passes_promtool() {
         "epochgate_origin_request_duration_seconds_bucket",
         "epochgate_epoch_cache_entries",
         "epochgate_jwks_keys",
+        "epochgate_origin_lookups_in_flight",
+        "epochgate_origin_lookup_queue_wait_seconds_bucket",
+        "epochgate_origin_lookup_queue_timeouts_total",
     ] {
         assert!(text.contains(name), "{name} missing from:\n{text}");
     }

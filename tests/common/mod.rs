@@ -2,6 +2,8 @@
 //! binary run as a child process, all on loopback.
 #![allow(dead_code)]
 
+pub mod restart_load;
+
 use std::collections::HashMap;
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener as StdListener};
@@ -115,6 +117,9 @@ pub struct OriginState {
     pub jwks_requests: AtomicU64,
     /// Endpoints (`jwks`, `revocations`, `feed`) answering `302 Found` to this base URL.
     pub redirects: Mutex<HashMap<&'static str, String>>,
+    /// Revocation lookups being answered right now, and the most there ever were at once.
+    pub revocations_in_flight: AtomicU64,
+    pub revocations_peak: AtomicU64,
 }
 
 /// A protocol-speaking auth origin whose answers the test controls, and which counts.
@@ -139,6 +144,8 @@ impl TestOrigin {
             revocation_requests: AtomicU64::new(0),
             jwks_requests: AtomicU64::new(0),
             redirects: Mutex::new(HashMap::new()),
+            revocations_in_flight: AtomicU64::new(0),
+            revocations_peak: AtomicU64::new(0),
         });
         let mut origin = TestOrigin {
             state,
@@ -286,6 +293,17 @@ impl TestOrigin {
         self.state.jwks_requests.load(Ordering::SeqCst)
     }
 
+    /// The most revocation lookups the origin was answering at once (since the last reset).
+    pub fn peak_revocation_concurrency(&self) -> u64 {
+        self.state.revocations_peak.load(Ordering::SeqCst)
+    }
+
+    /// Starts a new peak measurement from the lookups in flight now.
+    pub fn reset_peak_revocation_concurrency(&self) {
+        let now = self.state.revocations_in_flight.load(Ordering::SeqCst);
+        self.state.revocations_peak.store(now, Ordering::SeqCst);
+    }
+
     /// A valid token for account/device issued at `iat`.
     pub fn token_at(&self, account: &str, device: &str, iat: u64) -> String {
         self.key.sign(&claims(account, device, iat)).unwrap()
@@ -361,6 +379,23 @@ async fn origin_feed(State(state): State<Arc<OriginState>>, headers: HeaderMap) 
         .unwrap()
 }
 
+/// Counts a revocation lookup as in flight until it is answered or dropped.
+struct InFlight(Arc<OriginState>);
+
+impl InFlight {
+    fn enter(state: &Arc<OriginState>) -> InFlight {
+        let now = state.revocations_in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        state.revocations_peak.fetch_max(now, Ordering::SeqCst);
+        InFlight(state.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.revocations_in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 async fn origin_revocation(
     State(state): State<Arc<OriginState>>,
     Path(account): Path<String>,
@@ -370,6 +405,7 @@ async fn origin_revocation(
     {
         return redirect;
     }
+    let _in_flight = InFlight::enter(&state);
     let mode = *state.mode.lock().unwrap();
     match mode {
         Mode::Normal => {}
@@ -731,6 +767,30 @@ impl Edge {
 
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("epochgate.yaml")
+    }
+
+    /// Stops the process (SIGKILL) and starts a new one on the same config, ports and log,
+    /// with empty caches, without waiting for it to be ready. The client is replaced too, so
+    /// no connection to the old process is reused.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.path().join("edge.log"))
+            .unwrap();
+        self.child = Command::new(env!("CARGO_BIN_EXE_epochgate"))
+            .arg("-c")
+            .arg(self.config_path())
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("run epochgate");
+        self.client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
     }
 
     /// Waits for the process to exit by itself; `None` if it is still running after `within`.

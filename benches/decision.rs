@@ -100,7 +100,7 @@ fn bench(c: &mut Criterion) {
             // Load keys and warm the epoch cache (and the verified-token cache) once.
             runtime.block_on(async {
                 gate.keys().refresh().await.unwrap();
-                let verdict = gate.check(&headers, &uri).await;
+                let verdict = gate.check(&headers, &uri, None).await;
                 assert!(
                     matches!(verdict.decision, Decision::Allow { .. }),
                     "{name}: {verdict:?}"
@@ -109,7 +109,7 @@ fn bench(c: &mut Criterion) {
             group.bench_function(format!("{name}/{cache_name}"), |b| {
                 b.to_async(&runtime).iter(|| {
                     let (gate, headers, uri) = (gate.clone(), &headers, &uri);
-                    async move { gate.check(headers, uri).await }
+                    async move { gate.check(headers, uri, None).await }
                 })
             });
         }

@@ -13,6 +13,8 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily};
 use pingora::server::configuration::ServerConf;
 use serde::Deserialize;
 
+use crate::client_ip::IpNetwork;
+
 /// A configuration problem, always tied to the key it is about.
 #[derive(Debug, thiserror::Error)]
 #[error("config error at `{key}`: {message}")]
@@ -67,6 +69,8 @@ struct FileConfig {
     cache: CacheFile,
     #[serde(default)]
     forward: ForwardFile,
+    #[serde(default)]
+    limits: LimitsFile,
 }
 
 #[derive(Debug, Deserialize)]
@@ -74,6 +78,9 @@ struct FileConfig {
 struct ProxyFile {
     listen: Vec<String>,
     upstream: UpstreamFile,
+    /// Peers whose `X-Forwarded-For` names the client: IP addresses or CIDR blocks.
+    #[serde(default)]
+    trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -303,6 +310,71 @@ impl Default for ForwardFile {
 
 fn default_header_prefix() -> String {
     "x-epochgate-".into()
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsFile {
+    #[serde(default)]
+    invalid_tokens_per_client: BudgetFile,
+}
+
+/// `{per_second: N, burst: M}`, or `off` / `null` for no budget.
+#[derive(Debug)]
+enum BudgetFile {
+    Off,
+    On(BudgetRatesFile),
+}
+
+impl Default for BudgetFile {
+    fn default() -> Self {
+        BudgetFile::On(BudgetRatesFile {
+            per_second: 20,
+            burst: 100,
+        })
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BudgetRatesFile {
+    per_second: u32,
+    burst: u32,
+}
+
+impl<'de> Deserialize<'de> for BudgetFile {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct BudgetVisitor;
+        impl<'de> serde::de::Visitor<'de> for BudgetVisitor {
+            type Value = BudgetFile;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("{per_second: N, burst: M}, or off (null) for no budget")
+            }
+
+            fn visit_unit<E: serde::de::Error>(self) -> Result<BudgetFile, E> {
+                Ok(BudgetFile::Off)
+            }
+
+            fn visit_none<E: serde::de::Error>(self) -> Result<BudgetFile, E> {
+                Ok(BudgetFile::Off)
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<BudgetFile, E> {
+                match text {
+                    "off" => Ok(BudgetFile::Off),
+                    other => Err(E::invalid_value(serde::de::Unexpected::Str(other), &self)),
+                }
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<BudgetFile, A::Error> {
+                BudgetRatesFile::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(BudgetFile::On)
+            }
+        }
+        d.deserialize_any(BudgetVisitor)
+    }
 }
 
 fn default_account_header() -> String {
@@ -340,6 +412,7 @@ pub struct Settings {
     pub token: TokenSettings,
     pub cache: CacheSettings,
     pub forward: ForwardSettings,
+    pub limits: LimitsSettings,
 }
 
 #[derive(Debug, Clone)]
@@ -349,6 +422,22 @@ pub struct ProxySettings {
     pub peers: Vec<SocketAddr>,
     pub tls: bool,
     pub sni: String,
+    /// Peers trusted to name the client in `X-Forwarded-For`.
+    pub trusted_proxies: Vec<IpNetwork>,
+}
+
+/// Limits on what one client can make the edge do.
+#[derive(Debug, Clone, Default)]
+pub struct LimitsSettings {
+    /// Failed verifications a client may cause; `None`: no budget.
+    pub invalid_tokens_per_client: Option<BudgetSettings>,
+}
+
+/// A budget of `burst` events, refilled at `per_second` (`burst >= per_second >= 1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetSettings {
+    pub per_second: u32,
+    pub burst: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -475,6 +564,7 @@ impl FileConfig {
         let token = self.token.validate()?;
         let cache = self.cache.validate()?;
         let forward = self.forward.validate()?;
+        let limits = self.limits.validate()?;
         if forward.account_header == forward.device_header {
             return Err(ConfigError::new(
                 "forward.device_header",
@@ -490,6 +580,7 @@ impl FileConfig {
             token,
             cache,
             forward,
+            limits,
         })
     }
 }
@@ -649,11 +740,28 @@ impl ProxyFile {
                 "must be set when proxy.upstream.tls is true",
             ));
         }
+        let trusted_proxies = self
+            .trusted_proxies
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                text.trim().parse::<IpNetwork>().map_err(|_| {
+                    ConfigError::new(
+                        format!("proxy.trusted_proxies[{i}]"),
+                        format!(
+                            "`{text}` is not an IP address or CIDR block \
+                             (e.g. 10.0.0.1, 10.0.0.0/8 or fd00::/8)"
+                        ),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(ProxySettings {
             listen,
             peers,
             tls: self.upstream.tls,
             sni: self.upstream.sni,
+            trusted_proxies,
         })
     }
 }
@@ -931,6 +1039,38 @@ impl CacheFile {
     }
 }
 
+impl LimitsFile {
+    fn validate(self) -> Result<LimitsSettings, ConfigError> {
+        let key = "limits.invalid_tokens_per_client";
+        let invalid_tokens_per_client = match self.invalid_tokens_per_client {
+            BudgetFile::Off => None,
+            BudgetFile::On(rates) => {
+                if rates.per_second == 0 {
+                    return Err(ConfigError::new(
+                        format!("{key}.per_second"),
+                        "must be at least 1 (write `invalid_tokens_per_client: off` for no budget)",
+                    ));
+                }
+                // The budget's window is burst / per_second: at least the estimator's
+                // one-second resolution.
+                if rates.burst < rates.per_second {
+                    return Err(ConfigError::new(
+                        format!("{key}.burst"),
+                        format!("must be at least per_second ({})", rates.per_second),
+                    ));
+                }
+                Some(BudgetSettings {
+                    per_second: rates.per_second,
+                    burst: rates.burst,
+                })
+            }
+        };
+        Ok(LimitsSettings {
+            invalid_tokens_per_client,
+        })
+    }
+}
+
 impl ForwardFile {
     fn validate(self) -> Result<ForwardSettings, ConfigError> {
         let header = |key: &str, name: &str| {
@@ -1141,6 +1281,66 @@ token:
     fn zero_max_lifetime_is_rejected() {
         let e = error_for(&MINIMAL.replace("[ES256]", "[ES256]\n  max_lifetime: 0s"));
         assert_eq!(e.key, "token.max_lifetime");
+    fn the_invalid_token_budget_is_on_by_default() {
+        let s = Settings::from_yaml(MINIMAL).unwrap();
+        assert_eq!(
+            s.limits.invalid_tokens_per_client,
+            Some(BudgetSettings {
+                per_second: 20,
+                burst: 100
+            })
+        );
+        assert!(s.proxy.trusted_proxies.is_empty());
+    }
+
+    #[test]
+    fn the_invalid_token_budget_can_be_turned_off() {
+        for off in ["off", "null", "~"] {
+            let s = Settings::from_yaml(&format!(
+                "{MINIMAL}limits:\n  invalid_tokens_per_client: {off}\n"
+            ))
+            .unwrap();
+            assert_eq!(s.limits.invalid_tokens_per_client, None, "{off}");
+        }
+    }
+
+    #[test]
+    fn a_bad_invalid_token_budget_names_the_key() {
+        for (budget, key) in [
+            ("{per_second: 0, burst: 10}", "per_second"),
+            ("{per_second: 20, burst: 10}", "burst"),
+            ("{per_second: 20, burts: 100}", "burts"),
+            ("{per_second: -1, burst: 10}", "per_second"),
+            ("{per_second: 20}", "burst"),
+        ] {
+            let e = error_for(&format!(
+                "{MINIMAL}limits:\n  invalid_tokens_per_client: {budget}\n"
+            ));
+            assert!(
+                e.key.starts_with("limits.invalid_tokens_per_client"),
+                "{budget}: {e}"
+            );
+            assert!(e.to_string().contains(key), "{budget}: {e}");
+        }
+        let e = error_for(&format!(
+            "{MINIMAL}limits:\n  invalid_tokens_per_client: sometimes\n"
+        ));
+        assert_eq!(e.key, "limits.invalid_tokens_per_client");
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_or_cidr_blocks() {
+        let with = |list: &str| {
+            MINIMAL.replace(
+                "  upstream:",
+                &format!("  trusted_proxies: {list}\n  upstream:"),
+            )
+        };
+        let s = Settings::from_yaml(&with(r#"["10.0.0.0/8", "192.0.2.1", "fd00::/8"]"#)).unwrap();
+        assert_eq!(s.proxy.trusted_proxies.len(), 3);
+        let e = error_for(&with(r#"["10.0.0.0/8", "lb.internal"]"#));
+        assert_eq!(e.key, "proxy.trusted_proxies[1]");
+        assert!(e.message.contains("lb.internal"), "{e}");
     }
 
     #[test]

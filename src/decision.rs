@@ -34,6 +34,11 @@ pub enum Reason {
     OriginUnavailable,
     /// No verification keys loaded yet.
     NotReady,
+    /// The client has failed too many verifications lately, and the token is not one the
+    /// edge has verified before: it is not checked. `retry_after`: seconds.
+    TooManyInvalidTokens {
+        retry_after: u32,
+    },
 }
 
 /// What exactly was wrong with a token. Only ever shown as a fixed description: the
@@ -85,10 +90,11 @@ pub enum DecisionLabel {
     DeviceSignedOut,
     OriginUnavailable,
     NotReady,
+    TooManyInvalidTokens,
 }
 
 impl DecisionLabel {
-    pub const ALL: [DecisionLabel; 8] = [
+    pub const ALL: [DecisionLabel; 9] = [
         DecisionLabel::Allowed,
         DecisionLabel::AllowedOriginUnavailable,
         DecisionLabel::MissingToken,
@@ -97,6 +103,7 @@ impl DecisionLabel {
         DecisionLabel::DeviceSignedOut,
         DecisionLabel::OriginUnavailable,
         DecisionLabel::NotReady,
+        DecisionLabel::TooManyInvalidTokens,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -109,6 +116,7 @@ impl DecisionLabel {
             DecisionLabel::DeviceSignedOut => "device_signed_out",
             DecisionLabel::OriginUnavailable => "origin_unavailable",
             DecisionLabel::NotReady => "not_ready",
+            DecisionLabel::TooManyInvalidTokens => "too_many_invalid_tokens",
         }
     }
 }
@@ -155,6 +163,7 @@ impl Reason {
             Reason::DeviceSignedOut => DecisionLabel::DeviceSignedOut,
             Reason::OriginUnavailable => DecisionLabel::OriginUnavailable,
             Reason::NotReady => DecisionLabel::NotReady,
+            Reason::TooManyInvalidTokens { .. } => DecisionLabel::TooManyInvalidTokens,
         }
     }
 
@@ -176,12 +185,16 @@ impl Reason {
                 "sign-in state cannot be checked right now; try again shortly"
             }
             Reason::NotReady => "the edge is starting up; try again shortly",
+            Reason::TooManyInvalidTokens { .. } => {
+                "too many invalid tokens from this address; try again later"
+            }
         }
     }
 
     pub fn status(self) -> u16 {
         match self {
             Reason::OriginUnavailable | Reason::NotReady => 503,
+            Reason::TooManyInvalidTokens { .. } => 429,
             _ => 401,
         }
     }
@@ -202,6 +215,9 @@ impl Reason {
                     self.message()
                 ),
             )),
+            Reason::TooManyInvalidTokens { retry_after } => {
+                headers.push(("retry-after", retry_after.to_string()))
+            }
             _ => headers.push(("retry-after", RETRY_AFTER_SECONDS.to_string())),
         }
         let body = serde_json::json!({ "error": self.error_code(), "message": self.message() })
@@ -245,6 +261,15 @@ mod tests {
         let r = Reason::OriginUnavailable.response();
         assert_eq!(r.status, 503);
         assert_eq!(r.headers, vec![("retry-after", "5".to_string())]);
+    }
+
+    #[test]
+    fn too_many_invalid_tokens_is_429_with_its_retry_after() {
+        let r = Reason::TooManyInvalidTokens { retry_after: 7 }.response();
+        assert_eq!(r.status, 429);
+        assert_eq!(r.headers, vec![("retry-after", "7".to_string())]);
+        let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(body["error"], "too_many_invalid_tokens");
     }
 
     #[test]

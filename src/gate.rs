@@ -1,15 +1,18 @@
 //! The gate's core: token → verification → epoch lookup → [`Decision`]. No Pingora here,
 //! so it can be unit-tested and embedded in any proxy.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::{HeaderMap, Uri};
 
 use crate::clock::{self, SharedClock};
+use crate::client_ip::IpNetwork;
 use crate::config::{OnOriginUnavailable, Settings, TokenSource};
 use crate::decision::{Decision, InvalidToken, Reason};
 use crate::epoch_cache::{EpochCache, Lookup};
 use crate::feed::FeedStatus;
+use crate::invalid_token_budget::InvalidTokenBudget;
 use crate::keys::KeyStore;
 use crate::metrics::Metrics;
 use crate::origin::{OriginClient, OriginError};
@@ -35,6 +38,9 @@ pub struct Gate {
     metrics: Arc<Metrics>,
     origin: Arc<OriginClient>,
     feed_status: Arc<FeedStatus>,
+    /// `None`: `limits.invalid_tokens_per_client: off`.
+    invalid_token_budget: Option<InvalidTokenBudget>,
+    trusted_proxies: Vec<IpNetwork>,
 }
 
 /// A decision and the token source it was made from (for stripping the token later).
@@ -88,6 +94,11 @@ impl Gate {
                 settings.auth_origin.feed.enabled,
                 clock,
             )),
+            invalid_token_budget: settings
+                .limits
+                .invalid_tokens_per_client
+                .map(InvalidTokenBudget::new),
+            trusted_proxies: settings.proxy.trusted_proxies.clone(),
         })
     }
 
@@ -116,36 +127,77 @@ impl Gate {
         &self.sources
     }
 
+    /// The client a request from `peer` counts as: `peer`, or behind a peer listed in
+    /// `proxy.trusted_proxies`, the last untrusted address of its `X-Forwarded-For`.
+    pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        crate::client_ip::client_ip(peer, headers, &self.trusted_proxies)
+    }
+
     /// Decides about a request from its headers and target, and counts the decision.
-    pub async fn check(&self, headers: &HeaderMap, uri: &Uri) -> Verdict {
+    ///
+    /// `client` (see [`Gate::client_ip`]) is charged for each `invalid_token`; once over its
+    /// budget (`limits.invalid_tokens_per_client`) it gets `too_many_invalid_tokens` for any
+    /// token the gate has not verified before. `None` (a client without an IP address):
+    /// no budget applies.
+    pub async fn check(&self, headers: &HeaderMap, uri: &Uri, client: Option<IpAddr>) -> Verdict {
         let verdict = match token_source::find_token(&self.sources, headers, uri) {
             None => Verdict {
                 decision: Decision::Reject(Reason::MissingToken),
                 token_source: None,
             },
             Some(Found::Unusable { source, why }) => Verdict {
-                decision: Decision::Reject(Reason::InvalidToken(match why {
-                    Unusable::TooLong => InvalidToken::TooLong,
-                    Unusable::Malformed => InvalidToken::Malformed,
-                })),
+                decision: Decision::Reject(match self.over_budget(client) {
+                    Some(retry_after) => Reason::TooManyInvalidTokens { retry_after },
+                    None => Reason::InvalidToken(match why {
+                        Unusable::TooLong => InvalidToken::TooLong,
+                        Unusable::Malformed => InvalidToken::Malformed,
+                    }),
+                }),
                 token_source: Some(source),
             },
             Some(Found::Token { token, source }) => Verdict {
-                decision: self.decide(&token).await,
+                decision: self.decide_for(&token, client).await,
                 token_source: Some(source),
             },
         };
+        if let (Decision::Reject(Reason::InvalidToken(_)), Some(client), Some(budget)) =
+            (&verdict.decision, client, &self.invalid_token_budget)
+        {
+            budget.charge(client);
+        }
         self.metrics.count_decision(verdict.decision.label());
         verdict
     }
 
-    /// Decides about one token. The signature is verified before any epoch lookup, so a
-    /// forged token never costs an auth-origin request.
+    /// Decides about one token, with no client budget. The signature is verified before any
+    /// epoch lookup, so a forged token never costs an auth-origin request.
     pub async fn decide(&self, token: &str) -> Decision {
-        let (verified, last_record) = match self.verifier.verify_with_last_record(token).await {
+        self.decide_for(token, None).await
+    }
+
+    /// The seconds until an over-budget client has budget again; `None` if it has some.
+    fn over_budget(&self, client: Option<IpAddr>) -> Option<u32> {
+        self.invalid_token_budget.as_ref()?.exhausted(client?)
+    }
+
+    /// [`Gate::decide`] for a request from `client`: a token not remembered from a client
+    /// over its budget is refused before its signature is checked.
+    async fn decide_for(&self, token: &str, client: Option<IpAddr>) -> Decision {
+        let mut retry_after = None;
+        let refuse = || {
+            retry_after = self.over_budget(client);
+            retry_after.is_some()
+        };
+        let (verified, last_record) = match self.verifier.verify_unless_refused(token, refuse).await
+        {
             Ok(v) => (v.token, v.last_record),
             Err(VerifyError::Invalid(why)) => return Decision::Reject(Reason::InvalidToken(why)),
             Err(VerifyError::NoKeys) => return Decision::Reject(Reason::NotReady),
+            Err(VerifyError::Refused) => {
+                return Decision::Reject(Reason::TooManyInvalidTokens {
+                    retry_after: retry_after.unwrap_or(1),
+                })
+            }
         };
         let found = match &last_record {
             Some(last) => self.cache.lookup_from(&verified.account, last).await,

@@ -5,15 +5,17 @@
 //! Tokens issued before the epoch are rejected; everything else goes to the upstream.
 //!
 //! The request path, one module per stage:
-//! [`token_source`] → [`verify`] (keys from [`keys`], repeat tokens from [`verified_cache`])
-//! → [`epoch_cache`] (records from [`origin`], rules in [`revocation`]) → [`gate`] →
-//! [`decision`] → [`proxy`] (Pingora glue).
+//! [`token_source`] → [`verify`] (keys from [`keys`], repeat tokens from [`verified_cache`],
+//! clients that failed too often held back by [`invalid_token_budget`], who the client is
+//! from [`client_ip`]) → [`epoch_cache`] (records from [`origin`], rules in
+//! [`revocation`]) → [`gate`] → [`decision`] → [`proxy`] (Pingora glue).
 //! Around it: [`config`], [`metrics`], [`admin`], [`server`], [`clock`], and, with the
 //! `demo` feature (on by default), the `reference` auth origin and streaming origin used by
 //! `epochgate demo` and the tests.
 
 pub mod admin;
 pub mod clock;
+pub mod client_ip;
 pub mod config;
 pub mod decision;
 #[cfg(feature = "demo")]
@@ -21,6 +23,7 @@ pub mod demo;
 pub mod epoch_cache;
 pub mod feed;
 pub mod gate;
+pub mod invalid_token_budget;
 pub mod keys;
 pub mod metrics;
 pub mod origin;

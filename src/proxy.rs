@@ -22,7 +22,11 @@ use crate::token_source;
 /// and `None` returned; otherwise the verdict to carry to [`prepare_upstream_request`].
 pub async fn gate_request(gate: &Gate, session: &mut Session) -> Result<Option<Verdict>> {
     let request = session.req_header();
-    let verdict = gate.check(&request.headers, &request.uri).await;
+    let client = session
+        .client_addr()
+        .and_then(|addr| addr.as_inet())
+        .map(|addr| gate.client_ip(addr.ip(), &request.headers));
+    let verdict = gate.check(&request.headers, &request.uri, client).await;
     match verdict.decision {
         Decision::Reject(reason) => {
             // Boxed: Pingora's write futures would otherwise be part of every request's

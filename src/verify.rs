@@ -40,6 +40,8 @@ pub enum VerifyError {
     Invalid(InvalidToken),
     /// No keys loaded yet (JWKS not fetched): nothing can be verified.
     NoKeys,
+    /// Not checked: the token is not remembered, and the caller refused its verification.
+    Refused,
 }
 
 impl From<InvalidToken> for VerifyError {
@@ -127,10 +129,24 @@ impl Verifier {
 
     /// [`Verifier::verify`], with the slot of the record a remembered token was last judged by.
     pub async fn verify_with_last_record(&self, token: &str) -> Result<Verified, VerifyError> {
+        self.verify_unless_refused(token, || false).await
+    }
+
+    /// [`Verifier::verify_with_last_record`], except that a token not remembered is refused
+    /// ([`VerifyError::Refused`]) before anything about it is checked when `refuse` says so.
+    /// `refuse` is asked only for a token not remembered, at most once.
+    pub async fn verify_unless_refused(
+        &self,
+        token: &str,
+        refuse: impl FnOnce() -> bool,
+    ) -> Result<Verified, VerifyError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(InvalidToken::TooLong.into());
         }
         let Some(cache) = &self.verified else {
+            if refuse() {
+                return Err(VerifyError::Refused);
+            }
             // Boxed like the verification of a token not remembered yet, below.
             return Ok(Verified {
                 token: Box::pin(self.verify_signature_and_claims(token)).await?,
@@ -140,6 +156,9 @@ impl Verifier {
         let key = TokenKey::of(token);
         if let Some(known) = self.remembered(cache, &key) {
             return Ok(known);
+        }
+        if refuse() {
+            return Err(VerifyError::Refused);
         }
         // Boxed: its state (a possible JWKS fetch) would otherwise be part of every
         // request's future, which a proxy hook allocates per request.

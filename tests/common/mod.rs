@@ -313,6 +313,16 @@ impl TestOrigin {
     pub fn token(&self, account: &str, device: &str) -> String {
         self.token_at(account, device, now() - 60)
     }
+
+    /// A forged token: the format and `kid` of a valid token for account/device, with the
+    /// signature of another token (well-formed, but not this payload's).
+    pub fn forged_token(&self, account: &str, device: &str) -> String {
+        let token = self.token(account, device);
+        let other = self.token(&format!("{account}-other"), device);
+        let (signed, _) = token.rsplit_once('.').expect("a JWS has three parts");
+        let (_, signature) = other.rsplit_once('.').expect("a JWS has three parts");
+        format!("{signed}.{signature}")
+    }
 }
 
 impl Drop for TestOrigin {

@@ -310,6 +310,8 @@ impl Default for ForwardFile {
 
 fn default_header_prefix() -> String {
     "x-epochgate-".into()
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct LimitsFile {
@@ -1281,6 +1283,9 @@ token:
     fn zero_max_lifetime_is_rejected() {
         let e = error_for(&MINIMAL.replace("[ES256]", "[ES256]\n  max_lifetime: 0s"));
         assert_eq!(e.key, "token.max_lifetime");
+    }
+
+    #[test]
     fn the_invalid_token_budget_is_on_by_default() {
         let s = Settings::from_yaml(MINIMAL).unwrap();
         assert_eq!(

@@ -13,6 +13,8 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily};
 use pingora::server::configuration::ServerConf;
 use serde::Deserialize;
 
+use crate::route::{Mode, Route, Routes};
+
 /// A configuration problem, always tied to the key it is about.
 #[derive(Debug, thiserror::Error)]
 #[error("config error at `{key}`: {message}")]
@@ -67,6 +69,18 @@ struct FileConfig {
     cache: CacheFile,
     #[serde(default)]
     forward: ForwardFile,
+    /// `enforce` or `observe`: the mode of a path no route matches.
+    #[serde(default)]
+    mode: Mode,
+    #[serde(default)]
+    routes: Vec<RouteFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteFile {
+    prefix: String,
+    mode: Mode,
 }
 
 #[derive(Debug, Deserialize)]
@@ -318,6 +332,8 @@ pub struct Settings {
     pub token: TokenSettings,
     pub cache: CacheSettings,
     pub forward: ForwardSettings,
+    /// The top-level `mode` and the `routes`.
+    pub routes: Routes,
 }
 
 #[derive(Debug, Clone)]
@@ -451,6 +467,7 @@ impl FileConfig {
                 "must differ from forward.account_header",
             ));
         }
+        let routes = validate_routes(self.mode, self.routes)?;
         Ok(Settings {
             server,
             proxy,
@@ -459,8 +476,58 @@ impl FileConfig {
             token,
             cache,
             forward,
+            routes,
         })
     }
+}
+
+/// The top level is `enforce` or `observe`; a route may also be `off`. A route whose prefix
+/// starts with an earlier route's prefix could never match (first match wins): an error.
+fn validate_routes(mode: Mode, files: Vec<RouteFile>) -> Result<Routes, ConfigError> {
+    if mode == Mode::Off {
+        return Err(ConfigError::new(
+            "mode",
+            "must be `enforce` or `observe` (`off` is for routes)",
+        ));
+    }
+    let mut routes: Vec<Route> = Vec::with_capacity(files.len());
+    for (i, file) in files.into_iter().enumerate() {
+        let key = format!("routes[{i}].prefix");
+        let prefix = file.prefix.trim().to_string();
+        if !prefix.starts_with('/') {
+            return Err(ConfigError::new(
+                key,
+                format!("`{prefix}` must start with `/`"),
+            ));
+        }
+        if crate::route::normalize(&prefix) != prefix.as_str() || prefix.contains(['?', '%']) {
+            return Err(ConfigError::new(
+                key,
+                format!("`{prefix}` must be a plain decoded path (no `.`/`..` segments, `//`, `?` or `%`)"),
+            ));
+        }
+        if let Some((j, earlier)) = routes
+            .iter()
+            .enumerate()
+            .find(|(_, earlier)| prefix.starts_with(&earlier.prefix))
+        {
+            return Err(ConfigError::new(
+                key,
+                format!(
+                    "`{prefix}` can never match: routes[{j}].prefix `{}` comes first and covers it",
+                    earlier.prefix
+                ),
+            ));
+        }
+        routes.push(Route {
+            prefix,
+            mode: file.mode,
+        });
+    }
+    Ok(Routes {
+        default: mode,
+        routes,
+    })
 }
 
 /// Builds Pingora's `ServerConf`, rejecting keys it does not know (Pingora itself ignores them).
@@ -858,6 +925,68 @@ token:
             Some(DEFAULT_GRACE_PERIOD_SECONDS)
         );
         assert!(s.forward.strip_token);
+    }
+
+    #[test]
+    fn routes_default_to_none_and_mode_to_enforce() {
+        let s = Settings::from_yaml(MINIMAL).unwrap();
+        assert_eq!(s.routes.default, Mode::Enforce);
+        assert!(s.routes.routes.is_empty());
+    }
+
+    #[test]
+    fn routes_are_read_in_order() {
+        let s = Settings::from_yaml(&format!(
+            "{MINIMAL}mode: observe\nroutes:\n  - {{ prefix: /public/, mode: off }}\n  - {{ prefix: /live/, mode: enforce }}\n"
+        ))
+        .unwrap();
+        assert_eq!(s.routes.default, Mode::Observe);
+        assert_eq!(s.routes.routes[0].mode, Mode::Off);
+        assert_eq!(s.routes.routes[1].prefix, "/live/");
+    }
+
+    #[test]
+    fn unknown_route_mode_names_the_key() {
+        let e = error_for(&format!(
+            "{MINIMAL}routes:\n  - {{ prefix: /a/, mode: off }}\n  - {{ prefix: /b/, mode: shadow }}\n"
+        ));
+        assert_eq!(e.key, "routes[1].mode", "{e}");
+    }
+
+    #[test]
+    fn top_level_mode_off_is_rejected() {
+        assert_eq!(error_for(&format!("{MINIMAL}mode: off\n")).key, "mode");
+        assert_eq!(error_for(&format!("{MINIMAL}mode: audit\n")).key, "mode");
+    }
+
+    #[test]
+    fn duplicate_or_shadowed_route_prefix_names_the_key() {
+        let routes =
+            "routes:\n  - { prefix: /public/, mode: off }\n  - { prefix: /live/, mode: enforce }\n";
+        let e = error_for(&format!(
+            "{MINIMAL}{routes}  - {{ prefix: /live/, mode: observe }}\n"
+        ));
+        assert_eq!(e.key, "routes[2].prefix", "{e}");
+        assert!(e.message.contains("routes[1].prefix"), "{e}");
+        let e = error_for(&format!(
+            "{MINIMAL}{routes}  - {{ prefix: /live/hd/, mode: observe }}\n"
+        ));
+        assert_eq!(e.key, "routes[2].prefix", "{e}");
+        // The more specific prefix first is fine.
+        Settings::from_yaml(&format!(
+            "{MINIMAL}routes:\n  - {{ prefix: /live/hd/, mode: observe }}\n  - {{ prefix: /live/, mode: enforce }}\n"
+        ))
+        .unwrap();
+    }
+
+    #[test]
+    fn route_prefix_must_be_a_plain_path() {
+        for bad in ["live/", "/live/../public/", "/a%2fb/", "//x/"] {
+            let e = error_for(&format!(
+                "{MINIMAL}routes:\n  - {{ prefix: \"{bad}\", mode: off }}\n"
+            ));
+            assert_eq!(e.key, "routes[0].prefix", "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub mod origin;
 pub mod proxy;
 pub mod reference;
 pub mod revocation;
+pub mod route;
 pub mod server;
 pub mod token_source;
 pub mod verified_cache;

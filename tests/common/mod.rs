@@ -651,15 +651,11 @@ impl Edge {
             .unwrap()
     }
 
-    /// The value of one sample line of `/metrics`, e.g. `epochgate_requests_total{decision="allowed"}`.
+    /// The value of a sample of `/metrics`, e.g. `epochgate_requests_total{decision="allowed"}`:
+    /// the sum over every series of that name whose labels include the ones given (so
+    /// `{decision="allowed"}` counts enforced and observed requests alike).
     pub async fn metric(&self, sample: &str) -> f64 {
-        let text = self.metrics().await;
-        text.lines()
-            .find_map(|l| {
-                l.strip_prefix(sample)
-                    .and_then(|rest| rest.trim().parse().ok())
-            })
-            .unwrap_or(0.0)
+        sum_samples(&self.metrics().await, sample)
     }
 
     pub fn log(&self) -> String {
@@ -718,6 +714,36 @@ impl Drop for Edge {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `name{label="value",...}` split into the name and its label pairs.
+fn parse_sample(sample: &str) -> (&str, Vec<&str>) {
+    match sample.split_once('{') {
+        Some((name, rest)) => (
+            name,
+            rest.trim_end_matches('}')
+                .split(',')
+                .filter(|pair| !pair.is_empty())
+                .collect(),
+        ),
+        None => (sample, Vec::new()),
+    }
+}
+
+/// The sum of every series in a Prometheus text exposition that matches `sample` (its name,
+/// and at least its labels).
+pub fn sum_samples(text: &str, sample: &str) -> f64 {
+    let (name, wanted) = parse_sample(sample);
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.rsplit_once(' '))
+        .filter_map(|(series, value)| {
+            let (series_name, labels) = parse_sample(series);
+            (series_name == name && wanted.iter().all(|w| labels.contains(w)))
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
 }
 
 /// A test origin, an echoing upstream, and a ready edge in front of them (default config).

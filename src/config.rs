@@ -74,6 +74,34 @@ struct FileConfig {
     mode: Mode,
     #[serde(default)]
     routes: Vec<RouteFile>,
+    #[serde(default)]
+    access_log: AccessLogFile,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccessLogFile {
+    #[serde(default)]
+    enabled: bool,
+    /// A file to append to; absent or null: stdout.
+    #[serde(default)]
+    path: Option<PathBuf>,
+    #[serde(default = "default_sample_allowed")]
+    sample_allowed: f64,
+}
+
+impl Default for AccessLogFile {
+    fn default() -> Self {
+        AccessLogFile {
+            enabled: false,
+            path: None,
+            sample_allowed: default_sample_allowed(),
+        }
+    }
+}
+
+fn default_sample_allowed() -> f64 {
+    1.0
 }
 
 #[derive(Debug, Deserialize)]
@@ -334,6 +362,17 @@ pub struct Settings {
     pub forward: ForwardSettings,
     /// The top-level `mode` and the `routes`.
     pub routes: Routes,
+    pub access_log: AccessLogSettings,
+}
+
+/// The access log: one JSON line per request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessLogSettings {
+    pub enabled: bool,
+    /// `None`: stdout.
+    pub path: Option<PathBuf>,
+    /// The share of allowed (and ungated) requests logged, 0 to 1; rejections are all logged.
+    pub sample_allowed: f64,
 }
 
 #[derive(Debug, Clone)]
@@ -468,6 +507,7 @@ impl FileConfig {
             ));
         }
         let routes = validate_routes(self.mode, self.routes)?;
+        let access_log = self.access_log.validate()?;
         Ok(Settings {
             server,
             proxy,
@@ -477,6 +517,26 @@ impl FileConfig {
             cache,
             forward,
             routes,
+            access_log,
+        })
+    }
+}
+
+impl AccessLogFile {
+    fn validate(self) -> Result<AccessLogSettings, ConfigError> {
+        if !(0.0..=1.0).contains(&self.sample_allowed) {
+            return Err(ConfigError::new(
+                "access_log.sample_allowed",
+                format!("{} is not between 0 and 1", self.sample_allowed),
+            ));
+        }
+        if self.path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            return Err(ConfigError::new("access_log.path", "must not be empty"));
+        }
+        Ok(AccessLogSettings {
+            enabled: self.enabled,
+            path: self.path,
+            sample_allowed: self.sample_allowed,
         })
     }
 }
@@ -925,6 +985,22 @@ token:
             Some(DEFAULT_GRACE_PERIOD_SECONDS)
         );
         assert!(s.forward.strip_token);
+    }
+
+    #[test]
+    fn access_log_is_off_by_default_and_samples_all_allowed_requests() {
+        let s = Settings::from_yaml(MINIMAL).unwrap();
+        assert!(!s.access_log.enabled);
+        assert_eq!(s.access_log.path, None);
+        assert_eq!(s.access_log.sample_allowed, 1.0);
+    }
+
+    #[test]
+    fn access_log_sample_rate_out_of_range_names_the_key() {
+        let e = error_for(&format!(
+            "{MINIMAL}access_log: {{ enabled: true, sample_allowed: 1.5 }}\n"
+        ));
+        assert_eq!(e.key, "access_log.sample_allowed", "{e}");
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! [`reference`](mod@reference) auth origin and streaming origin used by the demo and the
 //! tests.
 
+pub mod access_log;
 pub mod admin;
 pub mod clock;
 pub mod config;

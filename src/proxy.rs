@@ -13,9 +13,11 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::Result;
 
+use crate::access_log::{AccessLog, Entry};
 use crate::config::{ForwardSettings, ProxySettings, TokenSource};
 use crate::decision::{Decision, DecisionLabel, Reason};
 use crate::gate::{Gate, Verdict};
+use crate::metrics::UNGATED;
 use crate::route::Mode;
 use crate::token_source;
 
@@ -205,6 +207,7 @@ pub fn redacted_summary(request: &RequestHeader) -> String {
 /// The ready-made proxy: the gate in front of a round-robin list of upstream peers.
 pub struct EpochGateProxy {
     gate: Arc<Gate>,
+    access_log: Option<AccessLog>,
     forwarding: Forwarding,
     peers: Vec<SocketAddr>,
     tls: bool,
@@ -221,7 +224,14 @@ impl EpochGateProxy {
             tls: proxy.tls,
             sni: proxy.sni.clone(),
             next_peer: AtomicUsize::new(0),
+            access_log: None,
         }
+    }
+
+    /// The same proxy, writing a line per request to `log`.
+    pub fn with_access_log(mut self, log: Option<AccessLog>) -> Self {
+        self.access_log = log;
+        self
     }
 }
 
@@ -234,6 +244,10 @@ pub struct RequestContext {
     started_micros: u64,
     /// The decision (`None`: ungated, or the gate never ran).
     decision: Option<DecisionLabel>,
+    /// The mode of the request's route.
+    mode: Mode,
+    /// The status the upstream answered with, if it was asked.
+    upstream_status: Option<u16>,
 }
 
 #[async_trait]
@@ -253,6 +267,7 @@ impl ProxyHttp for EpochGateProxy {
         match gate_request(&self.gate, session).await? {
             Gated::Forward(admitted) => {
                 ctx.decision = admitted.verdict.as_ref().map(|v| v.decision.label());
+                ctx.mode = admitted.mode;
                 ctx.admitted = Some(admitted);
                 Ok(false)
             }
@@ -263,9 +278,19 @@ impl ProxyHttp for EpochGateProxy {
         }
     }
 
-    async fn logging(
+    async fn upstream_response_filter(
         &self,
         _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestContext,
+    ) -> Result<()> {
+        ctx.upstream_status = Some(upstream_response.status.as_u16());
+        Ok(())
+    }
+
+    async fn logging(
+        &self,
+        session: &mut Session,
         _error: Option<&pingora::Error>,
         ctx: &mut RequestContext,
     ) {
@@ -277,9 +302,29 @@ impl ProxyHttp for EpochGateProxy {
             .clock()
             .monotonic_micros()
             .saturating_sub(ctx.started_micros);
+        let took = std::time::Duration::from_micros(took);
         self.gate
             .metrics()
-            .observe_request_duration(ctx.decision, std::time::Duration::from_micros(took));
+            .observe_request_duration(ctx.decision, took);
+        if let Some(log) = self.access_log.as_ref().filter(|l| l.wants(ctx.decision)) {
+            let request = session.req_header();
+            log.write(&Entry {
+                method: request.method.as_str(),
+                path: request.uri.path(),
+                status: session.response_written().map_or(0, |r| r.status.as_u16()),
+                decision: ctx.decision.map_or(UNGATED, DecisionLabel::as_str),
+                mode: ctx.mode.as_str(),
+                identity: ctx
+                    .admitted
+                    .as_ref()
+                    .and_then(|a| a.verdict.as_ref())
+                    .and_then(|v| v.decision.identity()),
+                upstream_status: ctx.upstream_status,
+                bytes_sent: session.body_bytes_sent(),
+                duration: took,
+                client: session.client_addr().and_then(|a| a.as_inet()).copied(),
+            });
+        }
     }
 
     async fn upstream_peer(

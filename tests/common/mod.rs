@@ -798,3 +798,38 @@ pub fn record(epoch: u64) -> RevocationRecord {
         devices: HashMap::new(),
     }
 }
+
+/// Tokens a hostile client sends (as in hostile_clients.rs): malformed, forged, oversized,
+/// with odd headers. Each is distinctive enough to grep for.
+pub fn hostile_tokens(origin: &TestOrigin) -> Vec<String> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let valid = origin.token("mallory", "tv");
+    let parts: Vec<&str> = valid.split('.').collect();
+    vec![
+        "not.a.token".to_string(),
+        format!(
+            "{}.{}.",
+            b64.encode(r#"{"alg":"none","typ":"JWT"}"#),
+            parts[1]
+        ),
+        format!("{}.{}.{}", parts[0], parts[1], "Zm9yZ2VkLXNpZ25hdHVyZQ"),
+        format!(
+            "{}.{}.{}",
+            b64.encode(r#"{"alg":"ES256","kid":"../../etc/passwd"}"#),
+            parts[1],
+            parts[2]
+        ),
+        format!(
+            "{}.{}.sig",
+            b64.encode(format!(
+                r#"{{"alg":"ES256","x":{}{}}}"#,
+                "[".repeat(300),
+                "]".repeat(300)
+            )),
+            b64.encode("{}")
+        ),
+        format!("eyJ{}", "A".repeat(9000)),
+        valid,
+    ]
+}

@@ -11,6 +11,7 @@
 #   2. Pingora proxying without any gate (examples/passthrough.rs): the floor;
 #   3. epochgate, ES256 tokens, caches warm;
 #   4. epochgate, RS256 tokens, caches warm;
+#   4b. epochgate, ES256 tokens, with the access log on (every request, to a file);
 #   5. nginx with auth_request to the reference auth origin's /v1/check, the answer cached
 #      per token for 10 s (bench/nginx-auth-request.conf).
 # The proxy under test (cases 2-5: one worker thread / process) is pinned to core 0; wrk, the
@@ -112,7 +113,7 @@ measure() { # case-name run url tokens [proxy-pid: also report its CPU time per 
   RESULTS[$name]+="$rps/$p50/$p99 "
 }
 
-edge_config() { # port admin auth-port algorithm
+edge_config() { # port admin auth-port algorithm [extra-yaml]
   cat <<EOF
 server: { threads: 1, pid_file: $work/edge-$1.pid, upgrade_sock: $work/edge-$1.sock, grace_period_seconds: 0 }
 proxy: { listen: ["127.0.0.1:$1"], upstream: { peers: ["127.0.0.1:$UPSTREAM"] } }
@@ -120,12 +121,13 @@ admin: { listen: "127.0.0.1:$2" }
 auth_origin: { url: "http://127.0.0.1:$3", timeout: 1s }
 token: { algorithms: [$4], issuer: "$ISSUER", audience: "$AUDIENCE" }
 cache: { refresh_after: 30s, max_stale: 10m }
+${5:-}
 EOF
 }
 # Starts an edge in the background; sets EDGE and EDGE_PID.
-start_edge() { # name auth-port algorithm
+start_edge() { # name auth-port algorithm [extra-yaml]
   local admin; EDGE=$(free_port); admin=$(free_port)
-  edge_config "$EDGE" "$admin" "$2" "$3" > "$work/$1.yaml"
+  edge_config "$EDGE" "$admin" "$2" "$3" "${4:-}" > "$work/$1.yaml"
   RUST_LOG=warn "${PROXY_PIN[@]}" target/release/epochgate -c "$work/$1.yaml" > "$work/$1.log" 2>&1 & pids+=($!)
   EDGE_PID=$!
   wait_http "http://127.0.0.1:$admin/readyz"
@@ -142,6 +144,8 @@ wait_http "http://127.0.0.1:$PASS/"
 # 3. and 4. epochgate
 start_edge edge-es256 "$AUTH_ES" ES256; ES=$EDGE; ES_PID=$EDGE_PID
 start_edge edge-rs256 "$AUTH_RS" RS256; RS=$EDGE; RS_PID=$EDGE_PID
+start_edge edge-es256-log "$AUTH_ES" ES256 "access_log: { enabled: true, path: $work/access.log }"
+LOG=$EDGE; LOG_PID=$EDGE_PID
 
 # 5. nginx + auth_request
 NGX=$(free_port)
@@ -157,6 +161,7 @@ CASES=(
   "passthrough http://127.0.0.1:$PASS/live/seg1.ts $work/es256.tokens $PASS_PID"
   "epochgate_es256 http://127.0.0.1:$ES/live/seg1.ts $work/es256.tokens $ES_PID"
   "epochgate_rs256 http://127.0.0.1:$RS/live/seg1.ts $work/rs256.tokens $RS_PID"
+  "epochgate_es256_log http://127.0.0.1:$LOG/live/seg1.ts $work/es256.tokens $LOG_PID"
   "nginx_auth_request http://127.0.0.1:$NGX/live/seg1.ts $work/es256.tokens $NGX_PID"
 )
 for run in $(seq 1 "$RUNS"); do
@@ -179,11 +184,11 @@ median() {
 }
 median_rps() { rps_per_run "$1" | median; } # case
 printf '\n%-22s %-40s %12s\n' case "runs (req/s / p50 / p99)" "median req/s"
-for name in upstream passthrough epochgate_es256 epochgate_rs256 nginx_auth_request; do
+for name in upstream passthrough epochgate_es256 epochgate_rs256 epochgate_es256_log nginx_auth_request; do
   printf '%-22s %-40s %12s\n' "$name" "${RESULTS[$name]}" "$(median_rps "$name")"
 done
 printf '\nproxy CPU per request, microseconds user/kernel, per run:\n'
-for name in passthrough epochgate_es256 epochgate_rs256 nginx_auth_request; do
+for name in passthrough epochgate_es256 epochgate_rs256 epochgate_es256_log nginx_auth_request; do
   printf '%-22s %s\n' "$name" "${CPU[$name]}"
 done
 # Ratios per round (the cases of one round ran minutes apart at most), then their median.
@@ -193,3 +198,4 @@ median_ratio() { # numerator-case denominator-case
 printf '\nepochgate ES256 / passthrough : %s\n' "$(median_ratio epochgate_es256 passthrough)"
 printf 'epochgate RS256 / passthrough : %s\n' "$(median_ratio epochgate_rs256 passthrough)"
 printf 'epochgate ES256 / nginx auth_request : %s\n' "$(median_ratio epochgate_es256 nginx_auth_request)"
+printf 'epochgate ES256 with access log / without : %s\n' "$(median_ratio epochgate_es256_log epochgate_es256)"

@@ -1,7 +1,8 @@
 //! Embedding the gate in your own Pingora `ProxyHttp`.
 //!
-//! This proxy gates only `/live/...` (the paid streams) and lets `/public/...` through
-//! without a token. Run it with the reference config:
+//! The gate applies the configuration's `mode` and `routes` itself: with
+//! `routes: [{ prefix: /public/, mode: off }]` this proxy lets `/public/...` through without a
+//! token and gates everything else. Run it with the reference config:
 //!
 //! ```text
 //! cargo run --release --example embed -- config/epochgate.yaml
@@ -11,8 +12,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use epochgate::gate::{Gate, Verdict};
-use epochgate::proxy::{gate_request, prepare_upstream_request, Forwarding};
+use epochgate::gate::Gate;
+use epochgate::proxy::{gate_request, prepare_upstream_request, Admitted, Forwarding, Gated};
 use epochgate::server::draining_proxy_service;
 use epochgate::Settings;
 use pingora::http::RequestHeader;
@@ -29,8 +30,8 @@ struct MyProxy {
 
 #[async_trait]
 impl ProxyHttp for MyProxy {
-    /// The gate's verdict, when the request was gated and allowed.
-    type CTX = Option<Verdict>;
+    /// How the request passed the gate (its route's mode and the verdict).
+    type CTX = Option<Admitted>;
 
     fn new_ctx(&self) -> Self::CTX {
         None
@@ -41,16 +42,13 @@ impl ProxyHttp for MyProxy {
         session: &mut Session,
         ctx: &mut Self::CTX,
     ) -> pingora::Result<bool> {
-        if session.req_header().uri.path().starts_with("/public/") {
-            return Ok(false);
-        }
-        // `None`: the gate already wrote its 401/503 (connection kept alive).
+        // `Rejected`: the gate already wrote its 401/503 (connection kept alive).
         match gate_request(&self.gate, session).await? {
-            Some(verdict) => {
-                *ctx = Some(verdict);
+            Gated::Forward(admitted) => {
+                *ctx = Some(admitted);
                 Ok(false)
             }
-            None => Ok(true),
+            Gated::Rejected(_) => Ok(true),
         }
     }
 
@@ -73,7 +71,7 @@ impl ProxyHttp for MyProxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut Self::CTX,
     ) -> pingora::Result<()> {
-        // Always called, gated or not: client-sent identity headers are removed either way.
+        // Always called, whatever the route: client-sent identity headers are removed either way.
         prepare_upstream_request(
             &self.forwarding,
             self.gate.token_sources(),

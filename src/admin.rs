@@ -83,6 +83,9 @@ impl ServeHttp for AdminApp {
                     .cache_entries
                     .set(self.gate.cache().entry_count().await as i64);
                 metrics
+                    .verified_cache_entries
+                    .set(self.gate.verified_cache_len() as i64);
+                metrics
                     .feed_last_activity_age
                     .set(self.gate.feed_status().last_activity_age().as_secs_f64());
                 respond(200, "text/plain; version=0.0.4", metrics.encode())

@@ -18,6 +18,12 @@ pub trait Clock: Send + Sync + std::fmt::Debug {
     /// Milliseconds since the Unix epoch (0 if the clock is before it).
     fn unix_millis(&self) -> u64;
 
+    /// Microseconds on the monotonic clock, for durations shorter than a millisecond (the
+    /// latency histograms). By default the millisecond reading, scaled.
+    fn monotonic_micros(&self) -> u64 {
+        self.monotonic_millis().saturating_mul(1000)
+    }
+
     /// Seconds since the Unix epoch: what `iat` and `exp` are compared with.
     fn unix_secs(&self) -> u64 {
         self.unix_millis() / 1000
@@ -31,10 +37,19 @@ pub type SharedClock = Arc<dyn Clock>;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemClock;
 
+/// The process's monotonic origin: every reading of [`SystemClock`] counts from it.
+fn process_start() -> Instant {
+    static START: OnceLock<Instant> = OnceLock::new();
+    *START.get_or_init(Instant::now)
+}
+
 impl Clock for SystemClock {
     fn monotonic_millis(&self) -> u64 {
-        static START: OnceLock<Instant> = OnceLock::new();
-        START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+        process_start().elapsed().as_millis() as u64 + 1
+    }
+
+    fn monotonic_micros(&self) -> u64 {
+        process_start().elapsed().as_micros() as u64 + 1
     }
 
     fn unix_millis(&self) -> u64 {

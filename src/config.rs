@@ -15,6 +15,8 @@ use serde::Deserialize;
 
 use crate::client_ip::IpNetwork;
 
+use crate::route::{Mode, Route, Routes};
+
 /// A configuration problem, always tied to the key it is about.
 #[derive(Debug, thiserror::Error)]
 #[error("config error at `{key}`: {message}")]
@@ -71,6 +73,46 @@ struct FileConfig {
     forward: ForwardFile,
     #[serde(default)]
     limits: LimitsFile,
+    /// `enforce` or `observe`: the mode of a path no route matches.
+    #[serde(default)]
+    mode: Mode,
+    #[serde(default)]
+    routes: Vec<RouteFile>,
+    #[serde(default)]
+    access_log: AccessLogFile,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccessLogFile {
+    #[serde(default)]
+    enabled: bool,
+    /// A file to append to; absent or null: stdout.
+    #[serde(default)]
+    path: Option<PathBuf>,
+    #[serde(default = "default_sample_allowed")]
+    sample_allowed: f64,
+}
+
+impl Default for AccessLogFile {
+    fn default() -> Self {
+        AccessLogFile {
+            enabled: false,
+            path: None,
+            sample_allowed: default_sample_allowed(),
+        }
+    }
+}
+
+fn default_sample_allowed() -> f64 {
+    1.0
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteFile {
+    prefix: String,
+    mode: Mode,
 }
 
 #[derive(Debug, Deserialize)]
@@ -415,6 +457,19 @@ pub struct Settings {
     pub cache: CacheSettings,
     pub forward: ForwardSettings,
     pub limits: LimitsSettings,
+    /// The top-level `mode` and the `routes`.
+    pub routes: Routes,
+    pub access_log: AccessLogSettings,
+}
+
+/// The access log: one JSON line per request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessLogSettings {
+    pub enabled: bool,
+    /// `None`: stdout.
+    pub path: Option<PathBuf>,
+    /// The share of allowed (and ungated) requests logged, 0 to 1; rejections are all logged.
+    pub sample_allowed: f64,
 }
 
 #[derive(Debug, Clone)]
@@ -574,6 +629,8 @@ impl FileConfig {
             ));
         }
         check_listeners_distinct(&proxy.listen, admin_listen)?;
+        let routes = validate_routes(self.mode, self.routes)?;
+        let access_log = self.access_log.validate()?;
         Ok(Settings {
             server,
             proxy,
@@ -583,8 +640,78 @@ impl FileConfig {
             cache,
             forward,
             limits,
+            routes,
+            access_log,
         })
     }
+}
+
+impl AccessLogFile {
+    fn validate(self) -> Result<AccessLogSettings, ConfigError> {
+        if !(0.0..=1.0).contains(&self.sample_allowed) {
+            return Err(ConfigError::new(
+                "access_log.sample_allowed",
+                format!("{} is not between 0 and 1", self.sample_allowed),
+            ));
+        }
+        if self.path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            return Err(ConfigError::new("access_log.path", "must not be empty"));
+        }
+        Ok(AccessLogSettings {
+            enabled: self.enabled,
+            path: self.path,
+            sample_allowed: self.sample_allowed,
+        })
+    }
+}
+
+/// The top level is `enforce` or `observe`; a route may also be `off`. A route whose prefix
+/// starts with an earlier route's prefix could never match (first match wins): an error.
+fn validate_routes(mode: Mode, files: Vec<RouteFile>) -> Result<Routes, ConfigError> {
+    if mode == Mode::Off {
+        return Err(ConfigError::new(
+            "mode",
+            "must be `enforce` or `observe` (`off` is for routes)",
+        ));
+    }
+    let mut routes: Vec<Route> = Vec::with_capacity(files.len());
+    for (i, file) in files.into_iter().enumerate() {
+        let key = format!("routes[{i}].prefix");
+        let prefix = file.prefix.trim().to_string();
+        if !prefix.starts_with('/') {
+            return Err(ConfigError::new(
+                key,
+                format!("`{prefix}` must start with `/`"),
+            ));
+        }
+        if crate::route::normalize(&prefix) != prefix.as_str() || prefix.contains(['?', '%']) {
+            return Err(ConfigError::new(
+                key,
+                format!("`{prefix}` must be a plain decoded path (no `.`/`..` segments, `//`, `?` or `%`)"),
+            ));
+        }
+        if let Some((j, earlier)) = routes
+            .iter()
+            .enumerate()
+            .find(|(_, earlier)| prefix.starts_with(&earlier.prefix))
+        {
+            return Err(ConfigError::new(
+                key,
+                format!(
+                    "`{prefix}` can never match: routes[{j}].prefix `{}` comes first and covers it",
+                    earlier.prefix
+                ),
+            ));
+        }
+        routes.push(Route {
+            prefix,
+            mode: file.mode,
+        });
+    }
+    Ok(Routes {
+        default: mode,
+        routes,
+    })
 }
 
 /// Builds Pingora's `ServerConf`, rejecting keys it does not know (Pingora itself ignores them).
@@ -1159,6 +1286,84 @@ token:
             Some(DEFAULT_GRACE_PERIOD_SECONDS)
         );
         assert!(s.forward.strip_token);
+    }
+
+    #[test]
+    fn access_log_is_off_by_default_and_samples_all_allowed_requests() {
+        let s = Settings::from_yaml(MINIMAL).unwrap();
+        assert!(!s.access_log.enabled);
+        assert_eq!(s.access_log.path, None);
+        assert_eq!(s.access_log.sample_allowed, 1.0);
+    }
+
+    #[test]
+    fn access_log_sample_rate_out_of_range_names_the_key() {
+        let e = error_for(&format!(
+            "{MINIMAL}access_log: {{ enabled: true, sample_allowed: 1.5 }}\n"
+        ));
+        assert_eq!(e.key, "access_log.sample_allowed", "{e}");
+    }
+
+    #[test]
+    fn routes_default_to_none_and_mode_to_enforce() {
+        let s = Settings::from_yaml(MINIMAL).unwrap();
+        assert_eq!(s.routes.default, Mode::Enforce);
+        assert!(s.routes.routes.is_empty());
+    }
+
+    #[test]
+    fn routes_are_read_in_order() {
+        let s = Settings::from_yaml(&format!(
+            "{MINIMAL}mode: observe\nroutes:\n  - {{ prefix: /public/, mode: off }}\n  - {{ prefix: /live/, mode: enforce }}\n"
+        ))
+        .unwrap();
+        assert_eq!(s.routes.default, Mode::Observe);
+        assert_eq!(s.routes.routes[0].mode, Mode::Off);
+        assert_eq!(s.routes.routes[1].prefix, "/live/");
+    }
+
+    #[test]
+    fn unknown_route_mode_names_the_key() {
+        let e = error_for(&format!(
+            "{MINIMAL}routes:\n  - {{ prefix: /a/, mode: off }}\n  - {{ prefix: /b/, mode: shadow }}\n"
+        ));
+        assert_eq!(e.key, "routes[1].mode", "{e}");
+    }
+
+    #[test]
+    fn top_level_mode_off_is_rejected() {
+        assert_eq!(error_for(&format!("{MINIMAL}mode: off\n")).key, "mode");
+        assert_eq!(error_for(&format!("{MINIMAL}mode: audit\n")).key, "mode");
+    }
+
+    #[test]
+    fn duplicate_or_shadowed_route_prefix_names_the_key() {
+        let routes =
+            "routes:\n  - { prefix: /public/, mode: off }\n  - { prefix: /live/, mode: enforce }\n";
+        let e = error_for(&format!(
+            "{MINIMAL}{routes}  - {{ prefix: /live/, mode: observe }}\n"
+        ));
+        assert_eq!(e.key, "routes[2].prefix", "{e}");
+        assert!(e.message.contains("routes[1].prefix"), "{e}");
+        let e = error_for(&format!(
+            "{MINIMAL}{routes}  - {{ prefix: /live/hd/, mode: observe }}\n"
+        ));
+        assert_eq!(e.key, "routes[2].prefix", "{e}");
+        // The more specific prefix first is fine.
+        Settings::from_yaml(&format!(
+            "{MINIMAL}routes:\n  - {{ prefix: /live/hd/, mode: observe }}\n  - {{ prefix: /live/, mode: enforce }}\n"
+        ))
+        .unwrap();
+    }
+
+    #[test]
+    fn route_prefix_must_be_a_plain_path() {
+        for bad in ["live/", "/live/../public/", "/a%2fb/", "//x/"] {
+            let e = error_for(&format!(
+                "{MINIMAL}routes:\n  - {{ prefix: \"{bad}\", mode: off }}\n"
+            ));
+            assert_eq!(e.key, "routes[0].prefix", "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -17,6 +17,7 @@ use crate::keys::KeyStore;
 use crate::metrics::Metrics;
 use crate::origin::{OriginClient, OriginError};
 use crate::revocation::Standing;
+use crate::route::{Mode, Routes};
 use crate::token_source::{self, Found, Unusable};
 use crate::verify::{Verifier, VerifyError};
 
@@ -41,6 +42,8 @@ pub struct Gate {
     /// `None`: `limits.invalid_tokens_per_client: off`.
     invalid_token_budget: Option<InvalidTokenBudget>,
     trusted_proxies: Vec<IpNetwork>,
+    routes: Routes,
+    clock: SharedClock,
 }
 
 /// A decision and the token source it was made from (for stripping the token later).
@@ -76,7 +79,9 @@ impl Gate {
             }
         }
         .with_clock(clock.clone());
-        let verifier = Verifier::new(&settings.token, Arc::new(keys)).with_clock(clock.clone());
+        let verifier = Verifier::new(&settings.token, Arc::new(keys))
+            .with_clock(clock.clone())
+            .with_metrics(metrics.clone());
         let cache = EpochCache::with_clock(
             settings.cache.clone(),
             origin.clone(),
@@ -92,13 +97,15 @@ impl Gate {
             origin,
             feed_status: Arc::new(FeedStatus::with_clock(
                 settings.auth_origin.feed.enabled,
-                clock,
+                clock.clone(),
             )),
             invalid_token_budget: settings
                 .limits
                 .invalid_tokens_per_client
                 .map(InvalidTokenBudget::new),
             trusted_proxies: settings.proxy.trusted_proxies.clone(),
+            routes: settings.routes.clone(),
+            clock,
         })
     }
 
@@ -133,13 +140,57 @@ impl Gate {
         crate::client_ip::client_ip(peer, headers, &self.trusted_proxies)
     }
 
-    /// Decides about a request from its headers and target, and counts the decision.
+    /// The top-level `mode` and the `routes`: [`Routes::mode_for`] a request's path.
+    pub fn routes(&self) -> &Routes {
+        &self.routes
+    }
+
+    /// The clock the gate measures intervals and durations on.
+    pub fn clock(&self) -> &SharedClock {
+        &self.clock
+    }
+
+    /// Tokens held in the verified-token cache.
+    pub fn verified_cache_len(&self) -> usize {
+        self.verifier.verified_cache_len()
+    }
+
+    /// Decides about a request from its headers and target, and counts the decision as
+    /// enforced (whatever the routes say; see [`Gate::check_as`]).
     ///
     /// `client` (see [`Gate::client_ip`]) is charged for each `invalid_token`; once over its
     /// budget (`limits.invalid_tokens_per_client`) it gets `too_many_invalid_tokens` for any
     /// token the gate has not verified before. `None` (a client without an IP address):
     /// no budget applies.
     pub async fn check(&self, headers: &HeaderMap, uri: &Uri, client: Option<IpAddr>) -> Verdict {
+        self.check_as(headers, uri, client, Mode::Enforce).await
+    }
+
+    /// [`Gate::check`], counting the decision under `mode` (`enforce` or `observe`), and
+    /// timing the gate's own share of the request.
+    pub async fn check_as(
+        &self,
+        headers: &HeaderMap,
+        uri: &Uri,
+        client: Option<IpAddr>,
+        mode: Mode,
+    ) -> Verdict {
+        let started = self.clock.monotonic_micros();
+        let verdict = self.check_uncounted(headers, uri, client).await;
+        let label = verdict.decision.label();
+        self.metrics.count_decision(label, mode);
+        let took = self.clock.monotonic_micros().saturating_sub(started);
+        self.metrics
+            .observe_gate_duration(label, std::time::Duration::from_micros(took));
+        verdict
+    }
+
+    async fn check_uncounted(
+        &self,
+        headers: &HeaderMap,
+        uri: &Uri,
+        client: Option<IpAddr>,
+    ) -> Verdict {
         let verdict = match token_source::find_token(&self.sources, headers, uri) {
             None => Verdict {
                 decision: Decision::Reject(Reason::MissingToken),
@@ -165,7 +216,6 @@ impl Gate {
         {
             budget.charge(client);
         }
-        self.metrics.count_decision(verdict.decision.label());
         verdict
     }
 
@@ -205,7 +255,11 @@ impl Gate {
             None => Box::pin(self.cache.lookup(&verified.account)).await,
         };
         let record = match found {
-            Lookup::Fresh(entry) | Lookup::Stale(entry) => entry,
+            Lookup::Fresh(entry) | Lookup::Stale(entry) => {
+                self.metrics
+                    .observe_record_age(entry.age(self.clock.monotonic_millis()));
+                entry
+            }
             Lookup::Unavailable => {
                 return match self.on_origin_unavailable {
                     OnOriginUnavailable::Deny => Decision::Reject(Reason::OriginUnavailable),

@@ -13,6 +13,7 @@
 //! `demo` feature (on by default), the `reference` auth origin and streaming origin used by
 //! `epochgate demo` and the tests.
 
+pub mod access_log;
 pub mod admin;
 pub mod clock;
 pub mod client_ip;
@@ -31,6 +32,7 @@ pub mod proxy;
 #[cfg(feature = "demo")]
 pub mod reference;
 pub mod revocation;
+pub mod route;
 pub mod server;
 pub mod token_source;
 pub mod verified_cache;

@@ -8,6 +8,29 @@ use prometheus::{
 };
 
 use crate::decision::DecisionLabel;
+use crate::route::Mode;
+
+/// Buckets of the gate's own share of a request: tens of microseconds for a remembered token,
+/// up to the auth-origin timeout for a lookup.
+const GATE_BUCKETS: [f64; 15] = [
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5,
+];
+
+/// Buckets of a whole request, upstream included (a segment download can take seconds).
+const REQUEST_BUCKETS: [f64; 15] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    10.0,
+];
+
+/// Buckets of the age of the record a decision was made with: up to `cache.max_stale`'s
+/// default (10 minutes) and past it.
+const RECORD_AGE_BUCKETS: [f64; 11] = [
+    0.1, 1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+];
+
+/// The `decision` label of an ungated request (a `mode: off` route) in the duration histogram.
+pub const UNGATED: &str = "ungated";
 
 /// Which auth-origin endpoint a request went to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,7 +97,15 @@ pub enum FeedEvent {
 /// Every metric the gate exports.
 pub struct Metrics {
     registry: Registry,
-    requests: Vec<(DecisionLabel, IntCounter)>,
+    requests: Vec<((DecisionLabel, Mode), IntCounter)>,
+    requests_ungated: IntCounter,
+    gate_duration: Vec<(DecisionLabel, Histogram)>,
+    request_duration: Vec<(DecisionLabel, Histogram)>,
+    request_duration_ungated: Histogram,
+    verified_cache_hit: IntCounter,
+    verified_cache_miss: IntCounter,
+    pub verified_cache_entries: IntGauge,
+    record_age: Histogram,
     cache_hit: IntCounter,
     cache_miss: IntCounter,
     cache_stale: IntCounter,
@@ -98,9 +129,53 @@ impl Metrics {
         let requests_vec = IntCounterVec::new(
             Opts::new(
                 "epochgate_requests_total",
-                "Requests through the gate, by decision.",
+                "Requests through the gate, by decision and mode (enforce: applied; observe: counted and forwarded).",
             ),
+            &["decision", "mode"],
+        )
+        .expect("static metric definition");
+        let requests_ungated = IntCounter::new(
+            "epochgate_requests_ungated_total",
+            "Requests on routes with mode off: forwarded without a decision.",
+        )
+        .expect("static metric definition");
+        let gate_duration_vec = HistogramVec::new(
+            HistogramOpts::new(
+                "epochgate_gate_duration_seconds",
+                "The gate's own share of a request (token, verification, epoch lookup), by decision.",
+            )
+            .buckets(GATE_BUCKETS.to_vec()),
             &["decision"],
+        )
+        .expect("static metric definition");
+        let request_duration_vec = HistogramVec::new(
+            HistogramOpts::new(
+                "epochgate_request_duration_seconds",
+                "Whole requests, from the gate to the last byte sent to the client, by decision (ungated: mode off).",
+            )
+            .buckets(REQUEST_BUCKETS.to_vec()),
+            &["decision"],
+        )
+        .expect("static metric definition");
+        let verified_lookups = IntCounterVec::new(
+            Opts::new(
+                "epochgate_verified_cache_lookups_total",
+                "Verified-token cache lookups, by result (hit: the token's verification was skipped).",
+            ),
+            &["result"],
+        )
+        .expect("static metric definition");
+        let verified_cache_entries = IntGauge::new(
+            "epochgate_verified_cache_entries",
+            "Tokens held in the verified-token cache.",
+        )
+        .expect("static metric definition");
+        let record_age = Histogram::with_opts(
+            HistogramOpts::new(
+                "epochgate_decision_record_age_seconds",
+                "Age of the revocation record a decision was made with (since the origin or the feed last confirmed it).",
+            )
+            .buckets(RECORD_AGE_BUCKETS.to_vec()),
         )
         .expect("static metric definition");
         let lookups = IntCounterVec::new(
@@ -206,6 +281,12 @@ impl Metrics {
             Box::new(origin_lookups_in_flight.clone()),
             Box::new(origin_lookup_queue_wait.clone()),
             Box::new(origin_lookup_queue_timeouts.clone()),
+            Box::new(requests_ungated.clone()),
+            Box::new(gate_duration_vec.clone()),
+            Box::new(request_duration_vec.clone()),
+            Box::new(verified_lookups.clone()),
+            Box::new(verified_cache_entries.clone()),
+            Box::new(record_age.clone()),
         ] {
             registry
                 .register(collector)
@@ -213,10 +294,21 @@ impl Metrics {
         }
 
         // Label handles are looked up once here so the request path never hashes label values.
-        let requests = DecisionLabel::ALL
-            .iter()
-            .map(|d| (*d, requests_vec.with_label_values(&[d.as_str()])))
-            .collect();
+        let mut requests = Vec::new();
+        for mode in [Mode::Enforce, Mode::Observe] {
+            for d in &DecisionLabel::ALL {
+                requests.push((
+                    (*d, mode),
+                    requests_vec.with_label_values(&[d.as_str(), mode.as_str()]),
+                ));
+            }
+        }
+        let by_decision = |vec: &HistogramVec| {
+            DecisionLabel::ALL
+                .iter()
+                .map(|d| (*d, vec.with_label_values(&[d.as_str()])))
+                .collect::<Vec<_>>()
+        };
         let mut origin_requests = Vec::new();
         for endpoint in [Endpoint::Revocations, Endpoint::Jwks, Endpoint::Feed] {
             for outcome in Outcome::ALL {
@@ -249,6 +341,14 @@ impl Metrics {
             origin_lookup_queue_timeouts,
             registry,
             requests,
+            requests_ungated,
+            gate_duration: by_decision(&gate_duration_vec),
+            request_duration: by_decision(&request_duration_vec),
+            request_duration_ungated: request_duration_vec.with_label_values(&[UNGATED]),
+            verified_cache_hit: verified_lookups.with_label_values(&["hit"]),
+            verified_cache_miss: verified_lookups.with_label_values(&["miss"]),
+            verified_cache_entries,
+            record_age,
             origin_requests,
             cache_entries,
             jwks_keys,
@@ -260,10 +360,53 @@ impl Metrics {
         &self.registry
     }
 
-    pub fn count_decision(&self, label: DecisionLabel) {
-        if let Some((_, c)) = self.requests.iter().find(|(d, _)| *d == label) {
+    /// Counts a decision made in `mode` (`enforce` or `observe`; an ungated request has no
+    /// decision: see [`Metrics::count_ungated`]).
+    pub fn count_decision(&self, label: DecisionLabel, mode: Mode) {
+        if let Some((_, c)) = self.requests.iter().find(|(k, _)| *k == (label, mode)) {
             c.inc();
         }
+    }
+
+    /// Counts a request on a `mode: off` route.
+    pub fn count_ungated(&self) {
+        self.requests_ungated.inc();
+    }
+
+    /// The gate's own share of a request.
+    pub fn observe_gate_duration(&self, label: DecisionLabel, took: Duration) {
+        if let Some((_, h)) = self.gate_duration.iter().find(|(d, _)| *d == label) {
+            h.observe(took.as_secs_f64());
+        }
+    }
+
+    /// A whole request; `None` for an ungated one.
+    pub fn observe_request_duration(&self, label: Option<DecisionLabel>, took: Duration) {
+        let histogram = match label {
+            None => Some(&self.request_duration_ungated),
+            Some(label) => self
+                .request_duration
+                .iter()
+                .find(|(d, _)| *d == label)
+                .map(|(_, h)| h),
+        };
+        if let Some(h) = histogram {
+            h.observe(took.as_secs_f64());
+        }
+    }
+
+    /// A verified-token cache lookup: `hit` when the token was remembered.
+    pub fn count_verified_lookup(&self, hit: bool) {
+        if hit {
+            self.verified_cache_hit.inc();
+        } else {
+            self.verified_cache_miss.inc();
+        }
+    }
+
+    /// The age of the revocation record a decision was made with.
+    pub fn observe_record_age(&self, age: Duration) {
+        self.record_age.observe(age.as_secs_f64());
     }
 
     pub fn count_lookup(&self, result: CacheResult) {

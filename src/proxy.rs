@@ -13,28 +13,69 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::Result;
 
+use crate::access_log::{AccessLog, Entry};
 use crate::config::{ForwardSettings, ProxySettings, TokenSource};
-use crate::decision::{Decision, Reason};
+use crate::decision::{Decision, DecisionLabel, Reason};
 use crate::gate::{Gate, Verdict};
+use crate::metrics::UNGATED;
+use crate::route::Mode;
 use crate::token_source;
 
-/// Runs the gate on a request. A rejection is written to the client here (keep-alive kept)
-/// and `None` returned; otherwise the verdict to carry to [`prepare_upstream_request`].
-pub async fn gate_request(gate: &Gate, session: &mut Session) -> Result<Option<Verdict>> {
+/// The name, after `forward.header_prefix`, of the header an upstream receives the decision
+/// in, for requests on `observe` routes (`x-epochgate-decision` by default): `allowed`,
+/// `allowed_origin_unavailable` or the rejection's error code. A client-sent one is always
+/// removed.
+pub const DECISION_HEADER_SUFFIX: &str = "decision";
+
+/// What the gate made of a request, as [`gate_request`] returns it.
+#[derive(Debug)]
+pub enum Gated {
+    /// Rejected on an `enforce` route: the rejection is written, the request is done.
+    Rejected(Reason),
+    /// To be forwarded: hand it to [`prepare_upstream_request`].
+    Forward(Admitted),
+}
+
+/// A request on its way to the upstream, and how it got past the gate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admitted {
+    /// The mode of the request's route.
+    pub mode: Mode,
+    /// The gate's verdict: an allow on an `enforce` route, any decision on an `observe`
+    /// route, `None` on an `off` route (the token was not looked at).
+    pub verdict: Option<Verdict>,
+}
+
+/// Runs the gate on a request, in the mode its path's route gives (`gate.routes()`). A
+/// rejection on an `enforce` route is written to the client here (keep-alive kept).
+pub async fn gate_request(gate: &Gate, session: &mut Session) -> Result<Gated> {
     let request = session.req_header();
     let client = session
         .client_addr()
         .and_then(|addr| addr.as_inet())
         .map(|addr| gate.client_ip(addr.ip(), &request.headers));
-    let verdict = gate.check(&request.headers, &request.uri, client).await;
+    let mode = gate.routes().mode_for(request.uri.path());
+    if mode == Mode::Off {
+        gate.metrics().count_ungated();
+        return Ok(Gated::Forward(Admitted {
+            mode,
+            verdict: None,
+        }));
+    }
+    let verdict = gate
+        .check_as(&request.headers, &request.uri, client, mode)
+        .await;
     match verdict.decision {
-        Decision::Reject(reason) => {
+        Decision::Reject(reason) if mode == Mode::Enforce => {
             // Boxed: Pingora's write futures would otherwise be part of every request's
             // future, allowed ones included, which async_trait allocates per request.
             Box::pin(write_rejection(session, reason)).await?;
-            Ok(None)
+            Ok(Gated::Rejected(reason))
         }
-        _ => Ok(Some(verdict)),
+        _ => Ok(Gated::Forward(Admitted {
+            mode,
+            verdict: Some(verdict),
+        })),
     }
 }
 
@@ -64,6 +105,7 @@ pub struct Forwarding {
     settings: ForwardSettings,
     account_header: Bytes,
     device_header: Bytes,
+    decision_header: Bytes,
 }
 
 impl Forwarding {
@@ -71,6 +113,8 @@ impl Forwarding {
         Forwarding {
             account_header: Bytes::copy_from_slice(settings.account_header.as_str().as_bytes()),
             device_header: Bytes::copy_from_slice(settings.device_header.as_str().as_bytes()),
+            // Under the edge's namespace, so a client-sent copy is removed with the rest.
+            decision_header: Bytes::from(format!("{}{DECISION_HEADER_SUFFIX}", settings.header_prefix)),
             settings,
         }
     }
@@ -86,17 +130,23 @@ impl Forwarding {
     }
 }
 
-/// Removes client-sent headers in the edge's namespace and the identity headers (always: a
-/// client can never spoof them), adds the verified identity, and removes every value of
-/// every token source when configured to (not only the one the token was read from).
+/// Removes client-sent headers in the edge's namespace (the decision header among them) and
+/// the identity headers (always, on every route: a client can never spoof them), removes every
+/// value of every token source when configured to (not only the one the token was read from),
+/// adds the verified identity of an allowed request and, on an `observe` route, the decision
+/// header.
 pub fn prepare_upstream_request(
     forwarding: &Forwarding,
     sources: &[TokenSource],
-    verdict: Option<&Verdict>,
+    admitted: Option<&Admitted>,
     upstream: &mut RequestHeader,
 ) -> Result<()> {
     remove_edge_headers(forwarding, upstream);
-    let Some(verdict) = verdict else {
+    let Some(Admitted {
+        mode,
+        verdict: Some(verdict),
+    }) = admitted
+    else {
         return Ok(());
     };
     // The token goes first: the header map then has a free slot for the identity headers
@@ -110,6 +160,12 @@ pub fn prepare_upstream_request(
     if let Some((account, device)) = verdict.decision.identity() {
         upstream.insert_header(forwarding.account_header.clone(), account)?;
         upstream.insert_header(forwarding.device_header.clone(), device)?;
+    }
+    if *mode == Mode::Observe {
+        upstream.insert_header(
+            forwarding.decision_header.clone(),
+            verdict.decision.label().as_str(),
+        )?;
     }
     Ok(())
 }
@@ -211,6 +267,7 @@ pub fn redacted_summary(request: &RequestHeader) -> String {
 /// The ready-made proxy: the gate in front of a round-robin list of upstream peers.
 pub struct EpochGateProxy {
     gate: Arc<Gate>,
+    access_log: Option<AccessLog>,
     forwarding: Forwarding,
     peers: Vec<SocketAddr>,
     tls: bool,
@@ -227,14 +284,30 @@ impl EpochGateProxy {
             tls: proxy.tls,
             sni: proxy.sni.clone(),
             next_peer: AtomicUsize::new(0),
+            access_log: None,
         }
+    }
+
+    /// The same proxy, writing a line per request to `log`.
+    pub fn with_access_log(mut self, log: Option<AccessLog>) -> Self {
+        self.access_log = log;
+        self
     }
 }
 
-/// Per-request state: the verdict of an allowed request.
+/// Per-request state: how the request passed the gate, and what the access log and the
+/// duration histogram need at its end.
 #[derive(Default)]
 pub struct RequestContext {
-    verdict: Option<Verdict>,
+    admitted: Option<Admitted>,
+    /// When the gate first saw the request, in microseconds on the gate's clock (0: never).
+    started_micros: u64,
+    /// The decision (`None`: ungated, or the gate never ran).
+    decision: Option<DecisionLabel>,
+    /// The mode of the request's route.
+    mode: Mode,
+    /// The status the upstream answered with, if it was asked.
+    upstream_status: Option<u16>,
 }
 
 #[async_trait]
@@ -250,12 +323,67 @@ impl ProxyHttp for EpochGateProxy {
         session: &mut Session,
         ctx: &mut RequestContext,
     ) -> Result<bool> {
+        ctx.started_micros = self.gate.clock().monotonic_micros();
         match gate_request(&self.gate, session).await? {
-            Some(verdict) => {
-                ctx.verdict = Some(verdict);
+            Gated::Forward(admitted) => {
+                ctx.decision = admitted.verdict.as_ref().map(|v| v.decision.label());
+                ctx.mode = admitted.mode;
+                ctx.admitted = Some(admitted);
                 Ok(false)
             }
-            None => Ok(true),
+            Gated::Rejected(reason) => {
+                ctx.decision = Some(reason.label());
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestContext,
+    ) -> Result<()> {
+        ctx.upstream_status = Some(upstream_response.status.as_u16());
+        Ok(())
+    }
+
+    async fn logging(
+        &self,
+        session: &mut Session,
+        _error: Option<&pingora::Error>,
+        ctx: &mut RequestContext,
+    ) {
+        if ctx.started_micros == 0 {
+            return;
+        }
+        let took = self
+            .gate
+            .clock()
+            .monotonic_micros()
+            .saturating_sub(ctx.started_micros);
+        let took = std::time::Duration::from_micros(took);
+        self.gate
+            .metrics()
+            .observe_request_duration(ctx.decision, took);
+        if let Some(log) = self.access_log.as_ref().filter(|l| l.wants(ctx.decision)) {
+            let request = session.req_header();
+            log.write(&Entry {
+                method: request.method.as_str(),
+                path: request.uri.path(),
+                status: session.response_written().map_or(0, |r| r.status.as_u16()),
+                decision: ctx.decision.map_or(UNGATED, DecisionLabel::as_str),
+                mode: ctx.mode.as_str(),
+                identity: ctx
+                    .admitted
+                    .as_ref()
+                    .and_then(|a| a.verdict.as_ref())
+                    .and_then(|v| v.decision.identity()),
+                upstream_status: ctx.upstream_status,
+                bytes_sent: session.body_bytes_sent(),
+                duration: took,
+                client: session.client_addr().and_then(|a| a.as_inet()).copied(),
+            });
         }
     }
 
@@ -285,7 +413,7 @@ impl ProxyHttp for EpochGateProxy {
         prepare_upstream_request(
             &self.forwarding,
             self.gate.token_sources(),
-            ctx.verdict.as_ref(),
+            ctx.admitted.as_ref(),
             upstream_request,
         )
     }
@@ -304,14 +432,76 @@ mod tests {
         })
     }
 
-    fn allowed(source: usize) -> Verdict {
-        Verdict {
-            decision: Decision::Allow {
+    fn allowed(source: usize) -> Admitted {
+        admitted(
+            Mode::Enforce,
+            Decision::Allow {
                 account: "alice".into(),
                 device: "tv".into(),
             },
-            token_source: Some(source),
+            source,
+        )
+    }
+
+    fn admitted(mode: Mode, decision: Decision, source: usize) -> Admitted {
+        Admitted {
+            mode,
+            verdict: Some(Verdict {
+                decision,
+                token_source: Some(source),
+            }),
         }
+    }
+
+    fn bearer() -> [TokenSource; 1] {
+        [TokenSource::Header {
+            name: http::header::AUTHORIZATION,
+            prefix: Some("Bearer ".into()),
+        }]
+    }
+
+    #[test]
+    fn observed_rejection_carries_the_decision_and_no_identity() {
+        let mut upstream = request(&[
+            ("Authorization", "Bearer t"),
+            ("x-epochgate-account", "mallory"),
+            ("x-epochgate-decision", "allowed"),
+        ]);
+        let observed = admitted(Mode::Observe, Decision::Reject(Reason::SignedOut), 0);
+        prepare_upstream_request(&forward(), &bearer(), Some(&observed), &mut upstream).unwrap();
+        assert_eq!(values(&upstream, "x-epochgate-decision"), ["signed_out"]);
+        assert!(values(&upstream, "x-epochgate-account").is_empty());
+        assert!(values(&upstream, "authorization").is_empty());
+    }
+
+    #[test]
+    fn observed_allow_carries_the_decision_and_the_identity() {
+        let mut upstream = request(&[("Authorization", "Bearer t")]);
+        let observed = Admitted {
+            mode: Mode::Observe,
+            ..allowed(0)
+        };
+        prepare_upstream_request(&forward(), &bearer(), Some(&observed), &mut upstream).unwrap();
+        assert_eq!(values(&upstream, "x-epochgate-decision"), ["allowed"]);
+        assert_eq!(values(&upstream, "x-epochgate-account"), ["alice"]);
+    }
+
+    #[test]
+    fn client_sent_decision_headers_never_reach_the_upstream() {
+        let spoofed = [
+            ("x-epochgate-decision", "allowed"),
+            ("X-Epochgate-Decision", "allowed"),
+        ];
+        let mut enforced = request(&spoofed);
+        prepare_upstream_request(&forward(), &bearer(), Some(&allowed(0)), &mut enforced).unwrap();
+        assert!(values(&enforced, "x-epochgate-decision").is_empty());
+        let mut ungated = request(&spoofed);
+        let off = Admitted {
+            mode: Mode::Off,
+            verdict: None,
+        };
+        prepare_upstream_request(&forward(), &bearer(), Some(&off), &mut ungated).unwrap();
+        assert!(values(&ungated, "x-epochgate-decision").is_empty());
     }
 
     fn request(headers: &[(&'static str, &'static str)]) -> RequestHeader {

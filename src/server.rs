@@ -14,6 +14,7 @@ use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService, GenBackgroundService};
 use pingora::services::listening::Service;
 
+use crate::access_log::{AccessLog, AccessLogError};
 use crate::admin::{AdminApp, Readiness};
 use crate::config::{FeedSettings, Settings};
 use crate::feed::FeedService;
@@ -34,6 +35,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Gate(#[from] GateError),
+    #[error(transparent)]
+    AccessLog(#[from] AccessLogError),
 }
 
 /// Fails fast, naming the address, when a listener cannot be bound. Pingora alone retries
@@ -72,7 +75,8 @@ pub fn build(settings: Settings, opt: Opt) -> Result<EdgeServer, StartError> {
     let mut server = Server::new_with_opt_and_conf(opt, settings.server);
     server.bootstrap();
 
-    let proxy = EpochGateProxy::new(gate.clone(), &settings.proxy, settings.forward.clone());
+    let proxy = EpochGateProxy::new(gate.clone(), &settings.proxy, settings.forward.clone())
+        .with_access_log(AccessLog::open(&settings.access_log)?);
     let mut proxy_service = draining_proxy_service(&server.configuration, proxy, "epochgate proxy");
     for addr in &settings.proxy.listen {
         proxy_service.add_tcp(&addr.to_string());

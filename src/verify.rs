@@ -13,6 +13,7 @@ use crate::config::TokenSettings;
 use crate::decision::InvalidToken;
 use crate::epoch_cache::LastRecord;
 use crate::keys::KeyStore;
+use crate::metrics::Metrics;
 use crate::token_source::MAX_TOKEN_BYTES;
 use crate::verified_cache::{Remembered, TokenKey, VerifiedCache};
 
@@ -64,6 +65,8 @@ pub struct Verifier {
     max_lifetime_secs: Option<u64>,
     /// `exp` and the session time are compared with its wall-clock reading.
     clock: SharedClock,
+    /// Where verified-token cache hits and misses are counted, when set.
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl Verifier {
@@ -109,7 +112,19 @@ impl Verifier {
             leeway_secs: settings.leeway.as_secs(),
             max_lifetime_secs: settings.max_lifetime.map(|d| d.as_secs()),
             clock: clock::system(),
+            metrics: None,
         }
+    }
+
+    /// The same verifier, counting verified-token cache hits and misses in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Verifier {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Tokens held in the verified-token cache (0 when it is off).
+    pub fn verified_cache_len(&self) -> usize {
+        self.verified.as_ref().map_or(0, VerifiedCache::len)
     }
 
     /// The same verifier, reading the time on `clock`.
@@ -154,7 +169,11 @@ impl Verifier {
             });
         };
         let key = TokenKey::of(token);
-        if let Some(known) = self.remembered(cache, &key) {
+        let known = self.remembered(cache, &key);
+        if let Some(metrics) = &self.metrics {
+            metrics.count_verified_lookup(known.is_some());
+        }
+        if let Some(known) = known {
             return Ok(known);
         }
         if refuse() {

@@ -171,7 +171,7 @@ fn demo_walkthrough_runs_and_shows_the_rejection() {
     );
     assert!(out.contains(r#""token_reached_origin":false"#), "{out}");
     assert!(
-        out.contains(r#"epochgate_requests_total{decision="signed_out"} 1"#),
+        out.contains(r#"epochgate_requests_total{decision="signed_out",mode="enforce"} 1"#),
         "{out}"
     );
 }

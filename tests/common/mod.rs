@@ -732,15 +732,11 @@ impl Edge {
             .unwrap()
     }
 
-    /// The value of one sample line of `/metrics`, e.g. `epochgate_requests_total{decision="allowed"}`.
+    /// The value of a sample of `/metrics`, e.g. `epochgate_requests_total{decision="allowed"}`:
+    /// the sum over every series of that name whose labels include the ones given (so
+    /// `{decision="allowed"}` counts enforced and observed requests alike).
     pub async fn metric(&self, sample: &str) -> f64 {
-        let text = self.metrics().await;
-        text.lines()
-            .find_map(|l| {
-                l.strip_prefix(sample)
-                    .and_then(|rest| rest.trim().parse().ok())
-            })
-            .unwrap_or(0.0)
+        sum_samples(&self.metrics().await, sample)
     }
 
     pub fn log(&self) -> String {
@@ -825,6 +821,36 @@ impl Drop for Edge {
     }
 }
 
+/// `name{label="value",...}` split into the name and its label pairs.
+fn parse_sample(sample: &str) -> (&str, Vec<&str>) {
+    match sample.split_once('{') {
+        Some((name, rest)) => (
+            name,
+            rest.trim_end_matches('}')
+                .split(',')
+                .filter(|pair| !pair.is_empty())
+                .collect(),
+        ),
+        None => (sample, Vec::new()),
+    }
+}
+
+/// The sum of every series in a Prometheus text exposition that matches `sample` (its name,
+/// and at least its labels).
+pub fn sum_samples(text: &str, sample: &str) -> f64 {
+    let (name, wanted) = parse_sample(sample);
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.rsplit_once(' '))
+        .filter_map(|(series, value)| {
+            let (series_name, labels) = parse_sample(series);
+            (series_name == name && wanted.iter().all(|w| labels.contains(w)))
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
+}
+
 /// A test origin, an echoing upstream, and a ready edge in front of them (default config).
 pub async fn started() -> (TestOrigin, Upstream, Edge) {
     let origin = TestOrigin::start().await;
@@ -876,4 +902,39 @@ pub fn record(epoch: u64) -> RevocationRecord {
         epoch,
         devices: HashMap::new(),
     }
+}
+
+/// Tokens a hostile client sends (as in hostile_clients.rs): malformed, forged, oversized,
+/// with odd headers. Each is distinctive enough to grep for.
+pub fn hostile_tokens(origin: &TestOrigin) -> Vec<String> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let valid = origin.token("mallory", "tv");
+    let parts: Vec<&str> = valid.split('.').collect();
+    vec![
+        "not.a.token".to_string(),
+        format!(
+            "{}.{}.",
+            b64.encode(r#"{"alg":"none","typ":"JWT"}"#),
+            parts[1]
+        ),
+        format!("{}.{}.{}", parts[0], parts[1], "Zm9yZ2VkLXNpZ25hdHVyZQ"),
+        format!(
+            "{}.{}.{}",
+            b64.encode(r#"{"alg":"ES256","kid":"../../etc/passwd"}"#),
+            parts[1],
+            parts[2]
+        ),
+        format!(
+            "{}.{}.sig",
+            b64.encode(format!(
+                r#"{{"alg":"ES256","x":{}{}}}"#,
+                "[".repeat(300),
+                "]".repeat(300)
+            )),
+            b64.encode("{}")
+        ),
+        format!("eyJ{}", "A".repeat(9000)),
+        valid,
+    ]
 }

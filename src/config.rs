@@ -72,8 +72,110 @@ struct FileConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ProxyFile {
-    listen: Vec<String>,
+    listen: ListenFile,
+    /// The certificate of the TLS listeners; with it, every `listen` entry written as a
+    /// plain string is a TLS listener.
+    #[serde(default)]
+    tls: Option<TlsFile>,
+    /// Offer HTTP/2 through ALPN on the TLS listeners (default: true).
+    #[serde(default)]
+    http2: Option<bool>,
+    /// Accept cleartext HTTP/2 (prior knowledge) on the plain listeners.
+    #[serde(default)]
+    h2c: bool,
     upstream: UpstreamFile,
+}
+
+/// `proxy.listen`: one entry or a list of them.
+#[derive(Debug)]
+struct ListenFile(Vec<ListenEntryFile>);
+
+/// One `proxy.listen` entry: `"IP:port"`, or `{address: "IP:port", tls: BOOL}`.
+#[derive(Debug)]
+struct ListenEntryFile {
+    address: String,
+    tls: Option<bool>,
+}
+
+impl<'de> Deserialize<'de> for ListenEntryFile {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct EntryVisitor;
+        impl<'de> serde::de::Visitor<'de> for EntryVisitor {
+            type Value = ListenEntryFile;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("\"IP:port\" or {address: \"IP:port\", tls: true|false}")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ListenEntryFile, E> {
+                Ok(ListenEntryFile {
+                    address: v.to_string(),
+                    tls: None,
+                })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<ListenEntryFile, A::Error> {
+                #[derive(Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct Entry {
+                    address: String,
+                    #[serde(default)]
+                    tls: Option<bool>,
+                }
+                let entry = Entry::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(ListenEntryFile {
+                    address: entry.address,
+                    tls: entry.tls,
+                })
+            }
+        }
+        d.deserialize_any(EntryVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for ListenFile {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ListVisitor;
+        impl<'de> serde::de::Visitor<'de> for ListVisitor {
+            type Value = ListenFile;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a listen address or a list of them")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ListenFile, E> {
+                Ok(ListenFile(vec![ListenEntryFile {
+                    address: v.to_string(),
+                    tls: None,
+                }]))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<ListenFile, A::Error> {
+                let entry = ListenEntryFile::deserialize(
+                    serde::de::value::MapAccessDeserializer::new(map),
+                )?;
+                Ok(ListenFile(vec![entry]))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<ListenFile, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = seq.next_element::<ListenEntryFile>()? {
+                    entries.push(entry);
+                }
+                Ok(ListenFile(entries))
+            }
+        }
+        d.deserialize_any(ListVisitor)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsFile {
+    cert_file: PathBuf,
+    key_file: PathBuf,
 }
 
 #[derive(Debug, Deserialize)]
@@ -319,11 +421,30 @@ pub struct Settings {
 
 #[derive(Debug, Clone)]
 pub struct ProxySettings {
+    /// Every proxy listener, TLS and plain.
     pub listen: Vec<SocketAddr>,
     /// Resolved at load: Pingora's `HttpPeer::new` panics on a name it cannot resolve.
     pub peers: Vec<SocketAddr>,
+    /// TLS to the upstream peers.
     pub tls: bool,
     pub sni: String,
+    /// TLS on the listeners it names (`None`: every listener is plain).
+    pub downstream_tls: Option<DownstreamTls>,
+    /// Cleartext HTTP/2 (prior knowledge) on the plain listeners.
+    pub h2c: bool,
+}
+
+/// TLS termination on the proxy listeners.
+#[derive(Debug, Clone)]
+pub struct DownstreamTls {
+    /// The listeners (a subset of `ProxySettings::listen`) that speak TLS.
+    pub listen: Vec<SocketAddr>,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// Read and checked at load: what the listeners present until a reload.
+    pub certificate: crate::tls::LoadedCert,
+    /// Offer HTTP/2 through ALPN (else HTTP/1.1 only).
+    pub http2: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -521,18 +642,72 @@ fn parse_listen(key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
 
 impl ProxyFile {
     fn validate(self) -> Result<ProxySettings, ConfigError> {
-        if self.listen.is_empty() {
+        if self.listen.0.is_empty() {
             return Err(ConfigError::new(
                 "proxy.listen",
                 "needs at least one address",
             ));
         }
-        let listen = self
-            .listen
-            .iter()
-            .enumerate()
-            .map(|(i, a)| parse_listen(&format!("proxy.listen[{i}]"), a))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut listen = Vec::new();
+        let mut tls_listen = Vec::new();
+        for (i, entry) in self.listen.0.iter().enumerate() {
+            let addr = parse_listen(&format!("proxy.listen[{i}]"), &entry.address)?;
+            if listen.contains(&addr) {
+                return Err(ConfigError::new(
+                    format!("proxy.listen[{i}]"),
+                    format!("{addr} is listed twice"),
+                ));
+            }
+            if entry.tls == Some(true) && self.tls.is_none() {
+                return Err(ConfigError::new(
+                    format!("proxy.listen[{i}].tls"),
+                    "a TLS listener needs proxy.tls (cert_file and key_file)",
+                ));
+            }
+            if entry.tls.unwrap_or(self.tls.is_some()) {
+                tls_listen.push(addr);
+            }
+            listen.push(addr);
+        }
+        let downstream_tls = match self.tls {
+            None => None,
+            Some(_) if tls_listen.is_empty() => {
+                return Err(ConfigError::new(
+                    "proxy.tls",
+                    "no proxy.listen entry uses TLS (every one is `tls: false`); remove \
+                     proxy.tls or make a listener TLS",
+                ))
+            }
+            Some(files) => {
+                let certificate = crate::tls::load(&files.cert_file, &files.key_file)
+                    .map_err(|e| ConfigError::new(e.key(), e.to_string()))?;
+                if let Some(warning) = &certificate.validity_warning {
+                    log::warn!("proxy.tls.cert_file: {warning}");
+                }
+                Some(DownstreamTls {
+                    listen: tls_listen,
+                    cert_file: files.cert_file,
+                    key_file: files.key_file,
+                    certificate,
+                    http2: self.http2.unwrap_or(true),
+                })
+            }
+        };
+        if downstream_tls.is_none() && self.http2 == Some(true) {
+            return Err(ConfigError::new(
+                "proxy.http2",
+                "HTTP/2 is offered through ALPN on TLS listeners and none is configured \
+                 (proxy.tls); for cleartext HTTP/2 set proxy.h2c: true",
+            ));
+        }
+        let plain_listeners =
+            listen.len() - downstream_tls.as_ref().map_or(0, |tls| tls.listen.len());
+        if self.h2c && plain_listeners == 0 {
+            return Err(ConfigError::new(
+                "proxy.h2c",
+                "cleartext HTTP/2 needs a plain listener, and every proxy.listen entry uses TLS",
+            ));
+        }
         if self.upstream.peers.is_empty() {
             return Err(ConfigError::new(
                 "proxy.upstream.peers",
@@ -560,6 +735,8 @@ impl ProxyFile {
             peers,
             tls: self.upstream.tls,
             sni: self.upstream.sni,
+            downstream_tls,
+            h2c: self.h2c,
         })
     }
 }

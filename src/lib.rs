@@ -8,7 +8,8 @@
 //! [`token_source`] → [`verify`] (keys from [`keys`], repeat tokens from [`verified_cache`])
 //! → [`epoch_cache`] (records from [`origin`], rules in [`revocation`]) → [`gate`] →
 //! [`decision`] → [`proxy`] (Pingora glue).
-//! Around it: [`config`], [`metrics`], [`admin`], [`server`], and the
+//! Around it: [`config`], [`metrics`], [`admin`], [`server`] (with [`tls`] for the
+//! listener's certificate), and the
 //! [`reference`](mod@reference) auth origin and streaming origin used by the demo and the
 //! tests.
 
@@ -26,6 +27,7 @@ pub mod proxy;
 pub mod reference;
 pub mod revocation;
 pub mod server;
+pub mod tls;
 pub mod token_source;
 pub mod verified_cache;
 pub mod verify;

@@ -2,6 +2,8 @@
 //! binary run as a child process, all on loopback.
 #![allow(dead_code)]
 
+pub mod tls;
+
 use std::collections::HashMap;
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener as StdListener};

@@ -186,6 +186,60 @@ struct UpstreamFile {
     tls: bool,
     #[serde(default)]
     sni: String,
+    #[serde(default)]
+    selection: Selection,
+    #[serde(default)]
+    health_check: HealthCheckFile,
+    /// How often the peer names are resolved again.
+    #[serde(default = "default_resolve_interval")]
+    resolve_interval: HumanDuration,
+}
+
+fn default_resolve_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
+}
+
+/// How a request's upstream server is chosen among the healthy ones.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Selection {
+    #[default]
+    RoundRobin,
+    /// By a hash of the request path: a segment's requests go to one server (and its cache)
+    /// while it is healthy.
+    ConsistentHash,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HealthCheckFile {
+    #[serde(default = "default_health_interval")]
+    interval: HumanDuration,
+    #[serde(default = "default_health_timeout")]
+    timeout: HumanDuration,
+    /// An HTTP check (`GET path`) instead of a TCP connect.
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    expected_status: Option<u16>,
+}
+
+impl Default for HealthCheckFile {
+    fn default() -> Self {
+        HealthCheckFile {
+            interval: default_health_interval(),
+            timeout: default_health_timeout(),
+            path: None,
+            expected_status: None,
+        }
+    }
+}
+
+fn default_health_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
+fn default_health_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(1))
 }
 
 #[derive(Debug, Deserialize)]
@@ -423,15 +477,42 @@ pub struct Settings {
 pub struct ProxySettings {
     /// Every proxy listener, TLS and plain.
     pub listen: Vec<SocketAddr>,
-    /// Resolved at load: Pingora's `HttpPeer::new` panics on a name it cannot resolve.
+    /// The first address of each peer, resolved at load (Pingora's `HttpPeer::new` panics on
+    /// a name it cannot resolve). The ready-made proxy uses `pool` instead.
     pub peers: Vec<SocketAddr>,
     /// TLS to the upstream peers.
     pub tls: bool,
     pub sni: String,
+    /// The upstream pool: names, selection, health check.
+    pub pool: PoolSettings,
     /// TLS on the listeners it names (`None`: every listener is plain).
     pub downstream_tls: Option<DownstreamTls>,
     /// Cleartext HTTP/2 (prior knowledge) on the plain listeners.
     pub h2c: bool,
+}
+
+/// The upstream pool.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    /// `proxy.upstream.peers` as written (`host:port`), resolved again periodically.
+    pub names: Vec<String>,
+    /// Every address the names resolved to at load.
+    pub addresses: Vec<SocketAddr>,
+    pub tls: bool,
+    pub sni: String,
+    pub selection: Selection,
+    pub health_check: HealthCheckSettings,
+    pub resolve_interval: Duration,
+}
+
+/// The active health check of each upstream peer.
+#[derive(Debug, Clone)]
+pub struct HealthCheckSettings {
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// `Some`: `GET path` must answer `expected_status`; `None`: a TCP connect must succeed.
+    pub path: Option<String>,
+    pub expected_status: u16,
 }
 
 /// TLS termination on the proxy listeners.
@@ -715,26 +796,79 @@ impl ProxyFile {
             ));
         }
         let mut peers = Vec::new();
+        let mut addresses = Vec::new();
         for (i, peer) in self.upstream.peers.iter().enumerate() {
             let key = format!("proxy.upstream.peers[{i}]");
-            let resolved = peer
+            let resolved: Vec<SocketAddr> = peer
                 .to_socket_addrs()
                 .map_err(|e| ConfigError::new(&key, format!("cannot resolve `{peer}`: {e}")))?
-                .next()
+                .collect();
+            let first = resolved
+                .first()
                 .ok_or_else(|| ConfigError::new(&key, format!("`{peer}` resolves to nothing")))?;
-            peers.push(resolved);
+            peers.push(*first);
+            for addr in resolved {
+                if !addresses.contains(&addr) {
+                    addresses.push(addr);
+                }
+            }
         }
+        let health = self.upstream.health_check;
+        positive("proxy.upstream.health_check.interval", health.interval)?;
+        positive("proxy.upstream.health_check.timeout", health.timeout)?;
+        positive(
+            "proxy.upstream.resolve_interval",
+            self.upstream.resolve_interval,
+        )?;
+        if let Some(path) = &health.path {
+            if !path.starts_with('/') || path.parse::<http::Uri>().is_err() {
+                return Err(ConfigError::new(
+                    "proxy.upstream.health_check.path",
+                    format!("`{path}` is not an absolute path (e.g. /healthz)"),
+                ));
+            }
+        }
+        let expected_status = match (health.expected_status, &health.path) {
+            (Some(_), None) => {
+                return Err(ConfigError::new(
+                    "proxy.upstream.health_check.expected_status",
+                    "applies to the HTTP check: set proxy.upstream.health_check.path too",
+                ))
+            }
+            (Some(status), Some(_)) if !(100..=599).contains(&status) => {
+                return Err(ConfigError::new(
+                    "proxy.upstream.health_check.expected_status",
+                    format!("{status} is not an HTTP status"),
+                ))
+            }
+            (status, _) => status.unwrap_or(200),
+        };
         if self.upstream.tls && self.upstream.sni.is_empty() {
             return Err(ConfigError::new(
                 "proxy.upstream.sni",
                 "must be set when proxy.upstream.tls is true",
             ));
         }
+        let pool = PoolSettings {
+            names: self.upstream.peers,
+            addresses,
+            tls: self.upstream.tls,
+            sni: self.upstream.sni.clone(),
+            selection: self.upstream.selection,
+            health_check: HealthCheckSettings {
+                interval: health.interval.0,
+                timeout: health.timeout.0,
+                path: health.path,
+                expected_status,
+            },
+            resolve_interval: self.upstream.resolve_interval.0,
+        };
         Ok(ProxySettings {
             listen,
             peers,
             tls: self.upstream.tls,
             sni: self.upstream.sni,
+            pool,
             downstream_tls,
             h2c: self.h2c,
         })

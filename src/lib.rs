@@ -7,7 +7,7 @@
 //! The request path, one module per stage:
 //! [`token_source`] → [`verify`] (keys from [`keys`], repeat tokens from [`verified_cache`])
 //! → [`epoch_cache`] (records from [`origin`], rules in [`revocation`]) → [`gate`] →
-//! [`decision`] → [`proxy`] (Pingora glue).
+//! [`decision`] → [`proxy`] (Pingora glue) → [`upstream`] (the health-checked pool).
 //! Around it: [`config`], [`metrics`], [`admin`], [`server`] (with [`tls`] for the
 //! listener's certificate), and the
 //! [`reference`](mod@reference) auth origin and streaming origin used by the demo and the
@@ -29,6 +29,7 @@ pub mod revocation;
 pub mod server;
 pub mod tls;
 pub mod token_source;
+pub mod upstream;
 pub mod verified_cache;
 pub mod verify;
 

@@ -3,20 +3,22 @@
 //! [`prepare_upstream_request`] from their own `ProxyHttp`.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
-use pingora::proxy::{ProxyHttp, Session};
-use pingora::Result;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::config::{ForwardSettings, ProxySettings, TokenSource};
 use crate::decision::{Decision, Reason};
 use crate::gate::{Gate, Verdict};
 use crate::token_source;
+use crate::upstream::{
+    write_no_healthy_upstream, UpstreamErrorKind, UpstreamPool, NO_HEALTHY_UPSTREAM,
+};
 
 /// Runs the gate on a request. A rejection is written to the client here (keep-alive kept)
 /// and `None` returned; otherwise the verdict to carry to [`prepare_upstream_request`].
@@ -152,33 +154,48 @@ pub fn redacted_summary(request: &RequestHeader) -> String {
     )
 }
 
-/// The ready-made proxy: the gate in front of a round-robin list of upstream peers.
+/// The ready-made proxy: the gate in front of a health-checked pool of upstream peers.
 pub struct EpochGateProxy {
     gate: Arc<Gate>,
     forwarding: Forwarding,
-    peers: Vec<SocketAddr>,
+    pool: Arc<UpstreamPool>,
     tls: bool,
     sni: String,
-    next_peer: AtomicUsize,
 }
 
 impl EpochGateProxy {
+    /// A proxy with a pool of its own; its peers are health-checked and re-resolved only
+    /// while [`crate::upstream::PoolService`] runs for [`EpochGateProxy::pool`].
     pub fn new(gate: Arc<Gate>, proxy: &ProxySettings, forward: ForwardSettings) -> Self {
+        let pool = Arc::new(UpstreamPool::new(&proxy.pool));
+        EpochGateProxy::with_pool(gate, pool, proxy, forward)
+    }
+
+    pub fn with_pool(
+        gate: Arc<Gate>,
+        pool: Arc<UpstreamPool>,
+        proxy: &ProxySettings,
+        forward: ForwardSettings,
+    ) -> Self {
         EpochGateProxy {
             gate,
             forwarding: Forwarding::new(forward),
-            peers: proxy.peers.clone(),
+            pool,
             tls: proxy.tls,
             sni: proxy.sni.clone(),
-            next_peer: AtomicUsize::new(0),
         }
+    }
+
+    pub fn pool(&self) -> &Arc<UpstreamPool> {
+        &self.pool
     }
 }
 
-/// Per-request state: the verdict of an allowed request.
+/// Per-request state: the verdict of an allowed request, and the peers that failed it.
 #[derive(Default)]
 pub struct RequestContext {
     verdict: Option<Verdict>,
+    failed_peers: Vec<SocketAddr>,
 }
 
 #[async_trait]
@@ -205,15 +222,70 @@ impl ProxyHttp for EpochGateProxy {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
-        _ctx: &mut RequestContext,
+        session: &mut Session,
+        ctx: &mut RequestContext,
     ) -> Result<Box<HttpPeer>> {
-        let index = self.next_peer.fetch_add(1, Ordering::Relaxed) % self.peers.len();
-        Ok(Box::new(HttpPeer::new(
-            self.peers[index],
-            self.tls,
-            self.sni.clone(),
-        )))
+        let path = session.req_header().uri.path().as_bytes();
+        match self.pool.select(path, &ctx.failed_peers) {
+            Some(addr) => Ok(Box::new(HttpPeer::new(addr, self.tls, self.sni.clone()))),
+            None => Err(Error::explain(
+                NO_HEALTHY_UPSTREAM,
+                "no healthy upstream peer left to try",
+            )),
+        }
+    }
+
+    /// A peer that cannot be connected to is left out, and the request tried on another
+    /// healthy one (up to Pingora's `max_retries`) before its health check catches up.
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut RequestContext,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        self.pool.count_error(UpstreamErrorKind::of(&e));
+        if let Some(addr) = peer._address.as_inet() {
+            ctx.failed_peers.push(*addr);
+        }
+        e.set_retry(true);
+        e
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        _ctx: &mut RequestContext,
+    ) -> FailToProxy {
+        let code = if *e.etype() == NO_HEALTHY_UPSTREAM {
+            self.pool.count_error(UpstreamErrorKind::NoHealthyPeer);
+            match write_no_healthy_upstream(session).await {
+                Ok(()) => {
+                    return FailToProxy {
+                        error_code: 502,
+                        can_reuse_downstream: true,
+                    }
+                }
+                Err(_) => 0,
+            }
+        } else {
+            // Connect failures were counted as they happened (`fail_to_connect`).
+            let upstream = e.esource() == &ErrorSource::Upstream;
+            if upstream && UpstreamErrorKind::of(e) != UpstreamErrorKind::Connect {
+                self.pool.count_error(UpstreamErrorKind::of(e));
+            }
+            default_error_status(e)
+        };
+        if code > 0 {
+            if let Err(write) = session.respond_error(code).await {
+                log::error!("failed to send error response to downstream: {write}");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
     }
 
     fn request_summary(&self, session: &Session, _ctx: &RequestContext) -> String {
@@ -232,6 +304,21 @@ impl ProxyHttp for EpochGateProxy {
             ctx.verdict.as_ref(),
             upstream_request,
         )
+    }
+}
+
+/// The status Pingora's own `fail_to_proxy` answers an error with (0: nothing to answer).
+fn default_error_status(e: &Error) -> u16 {
+    match e.etype() {
+        ErrorType::HTTPStatus(code) => *code,
+        _ => match e.esource() {
+            ErrorSource::Upstream => 502,
+            ErrorSource::Downstream => match e.etype() {
+                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                _ => 400,
+            },
+            ErrorSource::Internal | ErrorSource::Unset => 500,
+        },
     }
 }
 

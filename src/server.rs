@@ -1,5 +1,5 @@
-//! Assembling the Pingora server: proxy (plain and TLS listeners), admin listener, key
-//! refresher, certificate reloader, listener watchdog.
+//! Assembling the Pingora server: proxy (plain and TLS listeners), upstream pool health
+//! checks, admin listener, key refresher, certificate reloader, listener watchdog.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
@@ -23,6 +23,7 @@ use crate::feed::FeedService;
 use crate::gate::{Gate, GateError};
 use crate::proxy::EpochGateProxy;
 use crate::tls::{CertReloader, CertStore};
+use crate::upstream::{PoolService, UpstreamPool};
 
 /// How long the proxy listener may take to accept before the process gives up.
 pub const LISTEN_DEADLINE: Duration = Duration::from_secs(5);
@@ -78,7 +79,16 @@ pub fn build(settings: Settings, opt: Opt) -> Result<EdgeServer, StartError> {
     let mut server = Server::new_with_opt_and_conf(opt, settings.server);
     server.bootstrap();
 
-    let proxy = EpochGateProxy::new(gate.clone(), &settings.proxy, settings.forward.clone());
+    let pool = Arc::new(UpstreamPool::new(&settings.proxy.pool));
+    if let Err(e) = pool.register(gate.metrics().registry()) {
+        log::error!("upstream pool metrics not registered: {e}");
+    }
+    let proxy = EpochGateProxy::with_pool(
+        gate.clone(),
+        pool.clone(),
+        &settings.proxy,
+        settings.forward.clone(),
+    );
     let mut http_proxy = pingora::proxy::http_proxy(&server.configuration, proxy);
     if settings.proxy.h2c {
         let mut options = HttpServerOptions::default();
@@ -139,6 +149,9 @@ pub fn build(settings: Settings, opt: Opt) -> Result<EdgeServer, StartError> {
         ));
     }
     server.add_service(watchdog);
+    let mut pool_service = background_service("epochgate upstream health check", PoolService(pool));
+    pool_service.threads = Some(1);
+    server.add_service(pool_service);
     if let Some(reloader) = cert_reloader {
         let mut service = background_service("epochgate tls reload", reloader);
         service.threads = Some(1);

@@ -220,6 +220,21 @@ impl ProxyHttp for EpochGateProxy {
         }
     }
 
+    /// No healthy peer at all: the JSON 502 is answered here, before any connection attempt,
+    /// and the client connection is kept.
+    async fn proxy_upstream_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut RequestContext,
+    ) -> Result<bool> {
+        if self.pool.any_healthy() {
+            return Ok(true);
+        }
+        self.pool.count_error(UpstreamErrorKind::NoHealthyPeer);
+        write_no_healthy_upstream(session).await?;
+        Ok(false)
+    }
+
     async fn upstream_peer(
         &self,
         session: &mut Session,
@@ -259,16 +274,16 @@ impl ProxyHttp for EpochGateProxy {
         _ctx: &mut RequestContext,
     ) -> FailToProxy {
         let code = if *e.etype() == NO_HEALTHY_UPSTREAM {
+            // Every healthy peer failed this request. Pingora does not keep a connection
+            // whose request failed here: say so (HTTP/1.1 `Connection: close`), so the
+            // client does not send its next request on a connection about to close.
             self.pool.count_error(UpstreamErrorKind::NoHealthyPeer);
-            match write_no_healthy_upstream(session).await {
-                Ok(()) => {
-                    return FailToProxy {
-                        error_code: 502,
-                        can_reuse_downstream: true,
-                    }
-                }
-                Err(_) => 0,
-            }
+            session.set_keepalive(None);
+            let written = write_no_healthy_upstream(session).await.is_ok();
+            return FailToProxy {
+                error_code: if written { 502 } else { 0 },
+                can_reuse_downstream: false,
+            };
         } else {
             // Connect failures were counted as they happened (`fail_to_connect`).
             let upstream = e.esource() == &ErrorSource::Upstream;

@@ -104,6 +104,12 @@ impl UpstreamPool {
         backend.addr.as_inet().copied()
     }
 
+    /// Whether any peer is healthy now.
+    pub fn any_healthy(&self) -> bool {
+        let backends = self.backends();
+        backends.get_backend().iter().any(|b| backends.ready(b))
+    }
+
     /// (healthy, total) peers.
     pub fn peer_counts(&self) -> (usize, usize) {
         let backends = self.backends();

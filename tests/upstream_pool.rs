@@ -1,7 +1,8 @@
 //! The health-checked upstream pool: a stopped server is skipped after its health check
-//! with no request failing and gets traffic again once back, a failing HTTP check takes a
-//! server out, consistent hashing keeps a path on one server, and with no healthy server
-//! the edge answers a JSON 502.
+//! with no request failing and gets traffic again once back, a request that meets it
+//! before the check is retried on another server, a failing HTTP check takes a server out,
+//! consistent hashing keeps a path on one server, and with no healthy server the edge
+//! answers a JSON 502.
 
 mod common;
 
@@ -221,6 +222,38 @@ async fn a_stopped_server_is_skipped_without_failed_requests_and_used_again_once
     assert!(
         b.served() > b_before,
         "the restarted server gets traffic again"
+    );
+}
+
+#[tokio::test]
+async fn a_request_meeting_a_stopped_server_before_its_check_is_retried_on_another() {
+    let origin = TestOrigin::start().await;
+    origin.set_record("alice", 0, &[]);
+    let token = origin.token("alice", "tv");
+    let a = OriginServer::start().await;
+    let mut b = OriginServer::start().await;
+    // One check at start, the next one long after the test: only the retry can help.
+    let edge = pool_edge(
+        &origin,
+        &[a.addr, b.addr],
+        "health_check: { interval: 1h, timeout: 200ms }",
+    )
+    .await;
+    wait_healthy(&edge, 2.0).await;
+    b.stop();
+    all_succeed(
+        &edge,
+        &token,
+        10,
+        "with a stopped server still counted healthy",
+    )
+    .await;
+    assert_eq!(a.served(), 10);
+    assert!(
+        edge.metric("epochgate_upstream_errors_total{kind=\"connect\"}")
+            .await
+            >= 1.0,
+        "no request met the stopped server"
     );
 }
 

@@ -1230,6 +1230,54 @@ token:
     }
 
     #[test]
+    fn listen_takes_one_address_or_a_list_of_entries() {
+        let one = Settings::from_yaml(&MINIMAL.replace(
+            r#"listen: ["127.0.0.1:8080"]"#,
+            r#"listen: "127.0.0.1:8080""#,
+        ))
+        .unwrap();
+        assert_eq!(one.proxy.listen, ["127.0.0.1:8080".parse().unwrap()]);
+        let entries = Settings::from_yaml(&MINIMAL.replace(
+            r#"listen: ["127.0.0.1:8080"]"#,
+            r#"listen: ["127.0.0.1:8080", {address: "127.0.0.1:8081", tls: false}]"#,
+        ))
+        .unwrap();
+        assert_eq!(entries.proxy.listen.len(), 2);
+        assert!(entries.proxy.downstream_tls.is_none());
+    }
+
+    #[test]
+    fn unknown_key_in_a_listen_entry_is_named() {
+        let e = error_for(&MINIMAL.replace(
+            r#"listen: ["127.0.0.1:8080"]"#,
+            r#"listen: [{adress: "127.0.0.1:8080"}]"#,
+        ));
+        assert!(e.key.starts_with("proxy.listen[0]"), "{e}");
+        assert!(e.message.contains("adress"), "{e}");
+    }
+
+    #[test]
+    fn health_check_expected_status_needs_a_path() {
+        let e = error_for(&MINIMAL.replace(
+            r#"upstream: { peers: ["127.0.0.1:8000"] }"#,
+            r#"upstream: { peers: ["127.0.0.1:8000"], health_check: { expected_status: 204 } }"#,
+        ));
+        assert_eq!(e.key, "proxy.upstream.health_check.expected_status");
+    }
+
+    #[test]
+    fn pool_defaults() {
+        let s = Settings::from_yaml(MINIMAL).unwrap();
+        let pool = &s.proxy.pool;
+        assert_eq!(pool.selection, Selection::RoundRobin);
+        assert_eq!(pool.health_check.interval, Duration::from_secs(5));
+        assert_eq!(pool.health_check.timeout, Duration::from_secs(1));
+        assert_eq!(pool.health_check.path, None);
+        assert_eq!(pool.resolve_interval, Duration::from_secs(60));
+        assert_eq!(pool.addresses, ["127.0.0.1:8000".parse().unwrap()]);
+    }
+
+    #[test]
     fn bad_on_origin_unavailable_is_rejected() {
         let e = error_for(&format!(
             "{MINIMAL}cache:\n  on_origin_unavailable: maybe\n"

@@ -13,15 +13,18 @@
 #   4. epochgate, RS256 tokens, caches warm;
 #   4b. epochgate, ES256 tokens, with the access log on (every request, to a file);
 #   5. nginx with auth_request to the reference auth origin's /v1/check, the answer cached
-#      per token for 10 s (bench/nginx-auth-request.conf).
+#      per token for 10 s (bench/nginx-auth-request.conf);
+#   6. Pingora without a gate terminating TLS (HTTP/2 offered through ALPN; wrk speaks
+#      HTTP/1.1 over TLS on its keep-alive connections);
+#   7. epochgate, ES256 tokens, terminating TLS with the same certificate and settings.
 # The proxy under test (cases 2-5: one worker thread / process) is pinned to core 0; wrk, the
 # upstream and the auth origin to core 1. All proxies run from the start; the cases take
 # turns, one run each per round, so a change in the machine's speed during the benchmark
 # (seen here: the passthrough from 30,293 to 19,288 req/s within two minutes) hits every
 # case alike instead of one case's runs.
 # Prints req/s, p50 and p99 per run and case, the proxy's CPU time per request (user and
-# kernel), and the ratios epochgate/passthrough and epochgate/nginx: each the median of the
-# per-round ratios.
+# kernel), and the ratios epochgate/passthrough (plain and TLS) and epochgate/nginx: each the
+# median of the per-round ratios.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -113,10 +116,12 @@ measure() { # case-name run url tokens [proxy-pid: also report its CPU time per 
   RESULTS[$name]+="$rps/$p50/$p99 "
 }
 
-edge_config() { # port admin auth-port algorithm [extra-yaml]
+edge_config() { # port admin auth-port algorithm [extra-yaml] [tls]
+  local tls=""
+  [ -n "${6:-}" ] && tls=", tls: { cert_file: \"$work/tls.pem\", key_file: \"$work/tls.key\" }"
   cat <<EOF
 server: { threads: 1, pid_file: $work/edge-$1.pid, upgrade_sock: $work/edge-$1.sock, grace_period_seconds: 0 }
-proxy: { listen: ["127.0.0.1:$1"], upstream: { peers: ["127.0.0.1:$UPSTREAM"] } }
+proxy: { listen: ["127.0.0.1:$1"], upstream: { peers: ["127.0.0.1:$UPSTREAM"] }$tls }
 admin: { listen: "127.0.0.1:$2" }
 auth_origin: { url: "http://127.0.0.1:$3", timeout: 1s }
 token: { algorithms: [$4], issuer: "$ISSUER", audience: "$AUDIENCE" }
@@ -125,9 +130,9 @@ ${5:-}
 EOF
 }
 # Starts an edge in the background; sets EDGE and EDGE_PID.
-start_edge() { # name auth-port algorithm [extra-yaml]
+start_edge() { # name auth-port algorithm [extra-yaml] [tls]
   local admin; EDGE=$(free_port); admin=$(free_port)
-  edge_config "$EDGE" "$admin" "$2" "$3" "${4:-}" > "$work/$1.yaml"
+  edge_config "$EDGE" "$admin" "$2" "$3" "${4:-}" "${5:-}" > "$work/$1.yaml"
   RUST_LOG=warn "${PROXY_PIN[@]}" target/release/epochgate -c "$work/$1.yaml" > "$work/$1.log" 2>&1 & pids+=($!)
   EDGE_PID=$!
   wait_http "http://127.0.0.1:$admin/readyz"
@@ -147,6 +152,17 @@ start_edge edge-rs256 "$AUTH_RS" RS256; RS=$EDGE; RS_PID=$EDGE_PID
 start_edge edge-es256-log "$AUTH_ES" ES256 "access_log: { enabled: true, path: $work/access.log }"
 LOG=$EDGE; LOG_PID=$EDGE_PID
 
+# 6. and 7. the same certificate (ECDSA P-256, as a CDN edge would usually present) for both
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+  -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
+  -keyout "$work/tls.key" -out "$work/tls.pem" 2>/dev/null
+PASS_TLS=$(free_port)
+"${PROXY_PIN[@]}" target/release/examples/passthrough "127.0.0.1:$PASS_TLS" "127.0.0.1:$UPSTREAM" 1 \
+  "$work/tls.pem" "$work/tls.key" > "$work/pass-tls.log" 2>&1 & pids+=($!)
+PASS_TLS_PID=$!
+wait_http "https://127.0.0.1:$PASS_TLS/" 200 --cacert "$work/tls.pem"
+start_edge edge-es256-tls "$AUTH_ES" ES256 "" tls; ES_TLS=$EDGE; ES_TLS_PID=$EDGE_PID
+
 # 5. nginx + auth_request
 NGX=$(free_port)
 sed -e "s#@WORK@#$work#g" -e "s#@PORT@#$NGX#g" -e "s#@UPSTREAM@#$UPSTREAM#g" -e "s#@AUTH@#$AUTH_ES#g" \
@@ -163,6 +179,8 @@ CASES=(
   "epochgate_rs256 http://127.0.0.1:$RS/live/seg1.ts $work/rs256.tokens $RS_PID"
   "epochgate_es256_log http://127.0.0.1:$LOG/live/seg1.ts $work/es256.tokens $LOG_PID"
   "nginx_auth_request http://127.0.0.1:$NGX/live/seg1.ts $work/es256.tokens $NGX_PID"
+  "passthrough_tls https://127.0.0.1:$PASS_TLS/live/seg1.ts $work/es256.tokens $PASS_TLS_PID"
+  "epochgate_es256_tls https://127.0.0.1:$ES_TLS/live/seg1.ts $work/es256.tokens $ES_TLS_PID"
 )
 for run in $(seq 1 "$RUNS"); do
   for case in "${CASES[@]}"; do
@@ -184,11 +202,11 @@ median() {
 }
 median_rps() { rps_per_run "$1" | median; } # case
 printf '\n%-22s %-40s %12s\n' case "runs (req/s / p50 / p99)" "median req/s"
-for name in upstream passthrough epochgate_es256 epochgate_rs256 epochgate_es256_log nginx_auth_request; do
+for name in upstream passthrough epochgate_es256 epochgate_rs256 epochgate_es256_log nginx_auth_request passthrough_tls epochgate_es256_tls; do
   printf '%-22s %-40s %12s\n' "$name" "${RESULTS[$name]}" "$(median_rps "$name")"
 done
 printf '\nproxy CPU per request, microseconds user/kernel, per run:\n'
-for name in passthrough epochgate_es256 epochgate_rs256 epochgate_es256_log nginx_auth_request; do
+for name in passthrough epochgate_es256 epochgate_rs256 epochgate_es256_log nginx_auth_request passthrough_tls epochgate_es256_tls; do
   printf '%-22s %s\n' "$name" "${CPU[$name]}"
 done
 # Ratios per round (the cases of one round ran minutes apart at most), then their median.
@@ -199,3 +217,4 @@ printf '\nepochgate ES256 / passthrough : %s\n' "$(median_ratio epochgate_es256 
 printf 'epochgate RS256 / passthrough : %s\n' "$(median_ratio epochgate_rs256 passthrough)"
 printf 'epochgate ES256 / nginx auth_request : %s\n' "$(median_ratio epochgate_es256 nginx_auth_request)"
 printf 'epochgate ES256 with access log / without : %s\n' "$(median_ratio epochgate_es256_log epochgate_es256)"
+printf 'epochgate ES256 TLS / passthrough TLS : %s\n' "$(median_ratio epochgate_es256_tls passthrough_tls)"

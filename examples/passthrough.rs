@@ -3,7 +3,9 @@
 //! ```text
 //! cargo run --release --example passthrough -- 127.0.0.1:6190 127.0.0.1:8000 2
 //! ```
-//! Arguments: listen address, upstream address, worker threads.
+//! Arguments: listen address, upstream address, worker threads, and optionally a PEM
+//! certificate and key file: the listener then terminates TLS (HTTP/2 offered through ALPN,
+//! as epochgate's TLS listeners do).
 //!
 //! It uses the same allocator as the `epochgate` binary (jemalloc, unless built with
 //! `--no-default-features`), so that the two differ by the gate alone.
@@ -11,6 +13,7 @@
 use std::net::SocketAddr;
 
 use async_trait::async_trait;
+use pingora::listeners::tls::TlsSettings;
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{http_proxy_service, ProxyHttp, Session};
 use pingora::server::configuration::{Opt, ServerConf};
@@ -56,7 +59,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
     server.bootstrap();
     let mut proxy = http_proxy_service(&server.configuration, Passthrough { upstream });
-    proxy.add_tcp(&listen);
+    match (args.next(), args.next()) {
+        (Some(cert), Some(key)) => {
+            let mut tls = TlsSettings::intermediate(&cert, &key)?;
+            tls.enable_h2();
+            proxy.add_tls_with_settings(&listen, None, tls);
+        }
+        _ => proxy.add_tcp(&listen),
+    }
     server.add_service(proxy);
     server.run_forever()
 }

@@ -29,10 +29,10 @@ die() { log "$*"; exit 1; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # Waits up to 30 s for URL to answer with STATUS (default 200).
-wait_http() { # url [status]
+wait_http() { # url [status [curl options...]]
   local code
   for _ in $(seq 1 300); do
-    code=$(curl -s -o /dev/null -w '%{http_code}' "$1" || true)
+    code=$(curl -s -o /dev/null -w '%{http_code}' "${@:3}" "$1" || true)
     [ "$code" = "${2:-200}" ] && return 0
     sleep 0.1
   done

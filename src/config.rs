@@ -118,11 +118,113 @@ struct RouteFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ProxyFile {
-    listen: Vec<String>,
+    listen: ListenFile,
+    /// The certificate of the TLS listeners; with it, every `listen` entry written as a
+    /// plain string is a TLS listener.
+    #[serde(default)]
+    tls: Option<TlsFile>,
+    /// Offer HTTP/2 through ALPN on the TLS listeners (default: true).
+    #[serde(default)]
+    http2: Option<bool>,
+    /// Accept cleartext HTTP/2 (prior knowledge) on the plain listeners.
+    #[serde(default)]
+    h2c: bool,
     upstream: UpstreamFile,
     /// Peers whose `X-Forwarded-For` names the client: IP addresses or CIDR blocks.
     #[serde(default)]
     trusted_proxies: Vec<String>,
+}
+
+/// `proxy.listen`: one entry or a list of them.
+#[derive(Debug)]
+struct ListenFile(Vec<ListenEntryFile>);
+
+/// One `proxy.listen` entry: `"IP:port"`, or `{address: "IP:port", tls: BOOL}`.
+#[derive(Debug)]
+struct ListenEntryFile {
+    address: String,
+    tls: Option<bool>,
+}
+
+impl<'de> Deserialize<'de> for ListenEntryFile {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct EntryVisitor;
+        impl<'de> serde::de::Visitor<'de> for EntryVisitor {
+            type Value = ListenEntryFile;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("\"IP:port\" or {address: \"IP:port\", tls: true|false}")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ListenEntryFile, E> {
+                Ok(ListenEntryFile {
+                    address: v.to_string(),
+                    tls: None,
+                })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<ListenEntryFile, A::Error> {
+                #[derive(Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct Entry {
+                    address: String,
+                    #[serde(default)]
+                    tls: Option<bool>,
+                }
+                let entry = Entry::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(ListenEntryFile {
+                    address: entry.address,
+                    tls: entry.tls,
+                })
+            }
+        }
+        d.deserialize_any(EntryVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for ListenFile {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ListVisitor;
+        impl<'de> serde::de::Visitor<'de> for ListVisitor {
+            type Value = ListenFile;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a listen address or a list of them")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ListenFile, E> {
+                Ok(ListenFile(vec![ListenEntryFile {
+                    address: v.to_string(),
+                    tls: None,
+                }]))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<ListenFile, A::Error> {
+                let entry = ListenEntryFile::deserialize(
+                    serde::de::value::MapAccessDeserializer::new(map),
+                )?;
+                Ok(ListenFile(vec![entry]))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<ListenFile, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = seq.next_element::<ListenEntryFile>()? {
+                    entries.push(entry);
+                }
+                Ok(ListenFile(entries))
+            }
+        }
+        d.deserialize_any(ListVisitor)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsFile {
+    cert_file: PathBuf,
+    key_file: PathBuf,
 }
 
 #[derive(Debug, Deserialize)]
@@ -133,6 +235,60 @@ struct UpstreamFile {
     tls: bool,
     #[serde(default)]
     sni: String,
+    #[serde(default)]
+    selection: Selection,
+    #[serde(default)]
+    health_check: HealthCheckFile,
+    /// How often the peer names are resolved again.
+    #[serde(default = "default_resolve_interval")]
+    resolve_interval: HumanDuration,
+}
+
+fn default_resolve_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
+}
+
+/// How a request's upstream server is chosen among the healthy ones.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Selection {
+    #[default]
+    RoundRobin,
+    /// By a hash of the request path: a segment's requests go to one server (and its cache)
+    /// while it is healthy.
+    ConsistentHash,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HealthCheckFile {
+    #[serde(default = "default_health_interval")]
+    interval: HumanDuration,
+    #[serde(default = "default_health_timeout")]
+    timeout: HumanDuration,
+    /// An HTTP check (`GET path`) instead of a TCP connect.
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    expected_status: Option<u16>,
+}
+
+impl Default for HealthCheckFile {
+    fn default() -> Self {
+        HealthCheckFile {
+            interval: default_health_interval(),
+            timeout: default_health_timeout(),
+            path: None,
+            expected_status: None,
+        }
+    }
+}
+
+fn default_health_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
+fn default_health_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(1))
 }
 
 #[derive(Debug, Deserialize)]
@@ -474,13 +630,59 @@ pub struct AccessLogSettings {
 
 #[derive(Debug, Clone)]
 pub struct ProxySettings {
+    /// Every proxy listener, TLS and plain.
     pub listen: Vec<SocketAddr>,
-    /// Resolved at load: Pingora's `HttpPeer::new` panics on a name it cannot resolve.
+    /// The first address of each peer, resolved at load (Pingora's `HttpPeer::new` panics on
+    /// a name it cannot resolve). The ready-made proxy uses `pool` instead.
     pub peers: Vec<SocketAddr>,
+    /// TLS to the upstream peers.
     pub tls: bool,
     pub sni: String,
     /// Peers trusted to name the client in `X-Forwarded-For`.
     pub trusted_proxies: Vec<IpNetwork>,
+    /// The upstream pool: names, selection, health check.
+    pub pool: PoolSettings,
+    /// TLS on the listeners it names (`None`: every listener is plain).
+    pub downstream_tls: Option<DownstreamTls>,
+    /// Cleartext HTTP/2 (prior knowledge) on the plain listeners.
+    pub h2c: bool,
+}
+
+/// The upstream pool.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    /// `proxy.upstream.peers` as written (`host:port`), resolved again periodically.
+    pub names: Vec<String>,
+    /// Every address the names resolved to at load.
+    pub addresses: Vec<SocketAddr>,
+    pub tls: bool,
+    pub sni: String,
+    pub selection: Selection,
+    pub health_check: HealthCheckSettings,
+    pub resolve_interval: Duration,
+}
+
+/// The active health check of each upstream peer.
+#[derive(Debug, Clone)]
+pub struct HealthCheckSettings {
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// `Some`: `GET path` must answer `expected_status`; `None`: a TCP connect must succeed.
+    pub path: Option<String>,
+    pub expected_status: u16,
+}
+
+/// TLS termination on the proxy listeners.
+#[derive(Debug, Clone)]
+pub struct DownstreamTls {
+    /// The listeners (a subset of `ProxySettings::listen`) that speak TLS.
+    pub listen: Vec<SocketAddr>,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// Read and checked at load: what the listeners present until a reload.
+    pub certificate: crate::tls::LoadedCert,
+    /// Offer HTTP/2 through ALPN (else HTTP/1.1 only).
+    pub http2: bool,
 }
 
 /// Limits on what one client can make the edge do.
@@ -835,18 +1037,72 @@ fn parse_listen(key: &str, text: &str) -> Result<SocketAddr, ConfigError> {
 
 impl ProxyFile {
     fn validate(self) -> Result<ProxySettings, ConfigError> {
-        if self.listen.is_empty() {
+        if self.listen.0.is_empty() {
             return Err(ConfigError::new(
                 "proxy.listen",
                 "needs at least one address",
             ));
         }
-        let listen = self
-            .listen
-            .iter()
-            .enumerate()
-            .map(|(i, a)| parse_listen(&format!("proxy.listen[{i}]"), a))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut listen = Vec::new();
+        let mut tls_listen = Vec::new();
+        for (i, entry) in self.listen.0.iter().enumerate() {
+            let addr = parse_listen(&format!("proxy.listen[{i}]"), &entry.address)?;
+            if listen.contains(&addr) {
+                return Err(ConfigError::new(
+                    format!("proxy.listen[{i}]"),
+                    format!("{addr} is listed twice"),
+                ));
+            }
+            if entry.tls == Some(true) && self.tls.is_none() {
+                return Err(ConfigError::new(
+                    format!("proxy.listen[{i}].tls"),
+                    "a TLS listener needs proxy.tls (cert_file and key_file)",
+                ));
+            }
+            if entry.tls.unwrap_or(self.tls.is_some()) {
+                tls_listen.push(addr);
+            }
+            listen.push(addr);
+        }
+        let downstream_tls = match self.tls {
+            None => None,
+            Some(_) if tls_listen.is_empty() => {
+                return Err(ConfigError::new(
+                    "proxy.tls",
+                    "no proxy.listen entry uses TLS (every one is `tls: false`); remove \
+                     proxy.tls or make a listener TLS",
+                ))
+            }
+            Some(files) => {
+                let certificate = crate::tls::load(&files.cert_file, &files.key_file)
+                    .map_err(|e| ConfigError::new(e.key(), e.to_string()))?;
+                if let Some(warning) = &certificate.validity_warning {
+                    log::warn!("proxy.tls.cert_file: {warning}");
+                }
+                Some(DownstreamTls {
+                    listen: tls_listen,
+                    cert_file: files.cert_file,
+                    key_file: files.key_file,
+                    certificate,
+                    http2: self.http2.unwrap_or(true),
+                })
+            }
+        };
+        if downstream_tls.is_none() && self.http2 == Some(true) {
+            return Err(ConfigError::new(
+                "proxy.http2",
+                "HTTP/2 is offered through ALPN on TLS listeners and none is configured \
+                 (proxy.tls); for cleartext HTTP/2 set proxy.h2c: true",
+            ));
+        }
+        let plain_listeners =
+            listen.len() - downstream_tls.as_ref().map_or(0, |tls| tls.listen.len());
+        if self.h2c && plain_listeners == 0 {
+            return Err(ConfigError::new(
+                "proxy.h2c",
+                "cleartext HTTP/2 needs a plain listener, and every proxy.listen entry uses TLS",
+            ));
+        }
         if self.upstream.peers.is_empty() {
             return Err(ConfigError::new(
                 "proxy.upstream.peers",
@@ -854,15 +1110,53 @@ impl ProxyFile {
             ));
         }
         let mut peers = Vec::new();
+        let mut addresses = Vec::new();
         for (i, peer) in self.upstream.peers.iter().enumerate() {
             let key = format!("proxy.upstream.peers[{i}]");
-            let resolved = peer
+            let resolved: Vec<SocketAddr> = peer
                 .to_socket_addrs()
                 .map_err(|e| ConfigError::new(&key, format!("cannot resolve `{peer}`: {e}")))?
-                .next()
+                .collect();
+            let first = resolved
+                .first()
                 .ok_or_else(|| ConfigError::new(&key, format!("`{peer}` resolves to nothing")))?;
-            peers.push(resolved);
+            peers.push(*first);
+            for addr in resolved {
+                if !addresses.contains(&addr) {
+                    addresses.push(addr);
+                }
+            }
         }
+        let health = self.upstream.health_check;
+        positive("proxy.upstream.health_check.interval", health.interval)?;
+        positive("proxy.upstream.health_check.timeout", health.timeout)?;
+        positive(
+            "proxy.upstream.resolve_interval",
+            self.upstream.resolve_interval,
+        )?;
+        if let Some(path) = &health.path {
+            if !path.starts_with('/') || path.parse::<http::Uri>().is_err() {
+                return Err(ConfigError::new(
+                    "proxy.upstream.health_check.path",
+                    format!("`{path}` is not an absolute path (e.g. /healthz)"),
+                ));
+            }
+        }
+        let expected_status = match (health.expected_status, &health.path) {
+            (Some(_), None) => {
+                return Err(ConfigError::new(
+                    "proxy.upstream.health_check.expected_status",
+                    "applies to the HTTP check: set proxy.upstream.health_check.path too",
+                ))
+            }
+            (Some(status), Some(_)) if !(100..=599).contains(&status) => {
+                return Err(ConfigError::new(
+                    "proxy.upstream.health_check.expected_status",
+                    format!("{status} is not an HTTP status"),
+                ))
+            }
+            (status, _) => status.unwrap_or(200),
+        };
         if self.upstream.tls && self.upstream.sni.is_empty() {
             return Err(ConfigError::new(
                 "proxy.upstream.sni",
@@ -885,12 +1179,29 @@ impl ProxyFile {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let pool = PoolSettings {
+            names: self.upstream.peers,
+            addresses,
+            tls: self.upstream.tls,
+            sni: self.upstream.sni.clone(),
+            selection: self.upstream.selection,
+            health_check: HealthCheckSettings {
+                interval: health.interval.0,
+                timeout: health.timeout.0,
+                path: health.path,
+                expected_status,
+            },
+            resolve_interval: self.upstream.resolve_interval.0,
+        };
         Ok(ProxySettings {
             listen,
             peers,
             tls: self.upstream.tls,
             sni: self.upstream.sni,
             trusted_proxies,
+            pool,
+            downstream_tls,
+            h2c: self.h2c,
         })
     }
 }
@@ -1551,6 +1862,54 @@ token:
         let e = error_for(&with(r#"["10.0.0.0/8", "lb.internal"]"#));
         assert_eq!(e.key, "proxy.trusted_proxies[1]");
         assert!(e.message.contains("lb.internal"), "{e}");
+    }
+
+    #[test]
+    fn listen_takes_one_address_or_a_list_of_entries() {
+        let one = Settings::from_yaml(&MINIMAL.replace(
+            r#"listen: ["127.0.0.1:8080"]"#,
+            r#"listen: "127.0.0.1:8080""#,
+        ))
+        .unwrap();
+        assert_eq!(one.proxy.listen, ["127.0.0.1:8080".parse().unwrap()]);
+        let entries = Settings::from_yaml(&MINIMAL.replace(
+            r#"listen: ["127.0.0.1:8080"]"#,
+            r#"listen: ["127.0.0.1:8080", {address: "127.0.0.1:8081", tls: false}]"#,
+        ))
+        .unwrap();
+        assert_eq!(entries.proxy.listen.len(), 2);
+        assert!(entries.proxy.downstream_tls.is_none());
+    }
+
+    #[test]
+    fn unknown_key_in_a_listen_entry_is_named() {
+        let e = error_for(&MINIMAL.replace(
+            r#"listen: ["127.0.0.1:8080"]"#,
+            r#"listen: [{adress: "127.0.0.1:8080"}]"#,
+        ));
+        assert!(e.key.starts_with("proxy.listen[0]"), "{e}");
+        assert!(e.message.contains("adress"), "{e}");
+    }
+
+    #[test]
+    fn health_check_expected_status_needs_a_path() {
+        let e = error_for(&MINIMAL.replace(
+            r#"upstream: { peers: ["127.0.0.1:8000"] }"#,
+            r#"upstream: { peers: ["127.0.0.1:8000"], health_check: { expected_status: 204 } }"#,
+        ));
+        assert_eq!(e.key, "proxy.upstream.health_check.expected_status");
+    }
+
+    #[test]
+    fn pool_defaults() {
+        let s = Settings::from_yaml(MINIMAL).unwrap();
+        let pool = &s.proxy.pool;
+        assert_eq!(pool.selection, Selection::RoundRobin);
+        assert_eq!(pool.health_check.interval, Duration::from_secs(5));
+        assert_eq!(pool.health_check.timeout, Duration::from_secs(1));
+        assert_eq!(pool.health_check.path, None);
+        assert_eq!(pool.resolve_interval, Duration::from_secs(60));
+        assert_eq!(pool.addresses, ["127.0.0.1:8000".parse().unwrap()]);
     }
 
     #[test]

@@ -8,10 +8,11 @@
 //! [`token_source`] → [`verify`] (keys from [`keys`], repeat tokens from [`verified_cache`],
 //! clients that failed too often held back by [`invalid_token_budget`], who the client is
 //! from [`client_ip`]) → [`epoch_cache`] (records from [`origin`], rules in
-//! [`revocation`]) → [`gate`] → [`decision`] → [`proxy`] (Pingora glue).
-//! Around it: [`config`], [`metrics`], [`admin`], [`server`], [`clock`], and, with the
-//! `demo` feature (on by default), the `reference` auth origin and streaming origin used by
-//! `epochgate demo` and the tests.
+//! [`revocation`]) → [`gate`] (mode by [`route`]) → [`decision`] → [`proxy`] (Pingora glue)
+//! → [`upstream`] (the health-checked pool).
+//! Around it: [`config`], [`metrics`], [`admin`], [`access_log`], [`server`] (with [`tls`]
+//! for the listener's certificate), [`clock`], and, with the `demo` feature (on by default),
+//! the `reference` auth origin and streaming origin used by `epochgate demo` and the tests.
 
 pub mod access_log;
 pub mod admin;
@@ -34,7 +35,9 @@ pub mod reference;
 pub mod revocation;
 pub mod route;
 pub mod server;
+pub mod tls;
 pub mod token_source;
+pub mod upstream;
 pub mod verified_cache;
 pub mod verify;
 

@@ -3,15 +3,14 @@
 //! [`prepare_upstream_request`] from their own `ProxyHttp`.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
-use pingora::proxy::{ProxyHttp, Session};
-use pingora::Result;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::access_log::{AccessLog, Entry};
 use crate::config::{ForwardSettings, ProxySettings, TokenSource};
@@ -20,6 +19,9 @@ use crate::gate::{Gate, Verdict};
 use crate::metrics::UNGATED;
 use crate::route::Mode;
 use crate::token_source;
+use crate::upstream::{
+    write_no_healthy_upstream, UpstreamErrorKind, UpstreamPool, NO_HEALTHY_UPSTREAM,
+};
 
 /// The name, after `forward.header_prefix`, of the header an upstream receives the decision
 /// in, for requests on `observe` routes (`x-epochgate-decision` by default): `allowed`,
@@ -264,26 +266,36 @@ pub fn redacted_summary(request: &RequestHeader) -> String {
     )
 }
 
-/// The ready-made proxy: the gate in front of a round-robin list of upstream peers.
+/// The ready-made proxy: the gate in front of a health-checked pool of upstream peers.
 pub struct EpochGateProxy {
     gate: Arc<Gate>,
     access_log: Option<AccessLog>,
     forwarding: Forwarding,
-    peers: Vec<SocketAddr>,
+    pool: Arc<UpstreamPool>,
     tls: bool,
     sni: String,
-    next_peer: AtomicUsize,
 }
 
 impl EpochGateProxy {
+    /// A proxy with a pool of its own; its peers are health-checked and re-resolved only
+    /// while [`crate::upstream::PoolService`] runs for [`EpochGateProxy::pool`].
     pub fn new(gate: Arc<Gate>, proxy: &ProxySettings, forward: ForwardSettings) -> Self {
+        let pool = Arc::new(UpstreamPool::new(&proxy.pool));
+        EpochGateProxy::with_pool(gate, pool, proxy, forward)
+    }
+
+    pub fn with_pool(
+        gate: Arc<Gate>,
+        pool: Arc<UpstreamPool>,
+        proxy: &ProxySettings,
+        forward: ForwardSettings,
+    ) -> Self {
         EpochGateProxy {
             gate,
             forwarding: Forwarding::new(forward),
-            peers: proxy.peers.clone(),
+            pool,
             tls: proxy.tls,
             sni: proxy.sni.clone(),
-            next_peer: AtomicUsize::new(0),
             access_log: None,
         }
     }
@@ -293,10 +305,14 @@ impl EpochGateProxy {
         self.access_log = log;
         self
     }
+
+    pub fn pool(&self) -> &Arc<UpstreamPool> {
+        &self.pool
+    }
 }
 
-/// Per-request state: how the request passed the gate, and what the access log and the
-/// duration histogram need at its end.
+/// Per-request state: how the request passed the gate, what the access log and the duration
+/// histogram need at its end, and the peers that failed it.
 #[derive(Default)]
 pub struct RequestContext {
     admitted: Option<Admitted>,
@@ -308,6 +324,7 @@ pub struct RequestContext {
     mode: Mode,
     /// The status the upstream answered with, if it was asked.
     upstream_status: Option<u16>,
+    failed_peers: Vec<SocketAddr>,
 }
 
 #[async_trait]
@@ -387,17 +404,87 @@ impl ProxyHttp for EpochGateProxy {
         }
     }
 
+    /// No healthy peer at all: the JSON 502 is answered here, before any connection attempt,
+    /// and the client connection is kept.
+    async fn proxy_upstream_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut RequestContext,
+    ) -> Result<bool> {
+        if self.pool.any_healthy() {
+            return Ok(true);
+        }
+        self.pool.count_error(UpstreamErrorKind::NoHealthyPeer);
+        write_no_healthy_upstream(session).await?;
+        Ok(false)
+    }
+
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
-        _ctx: &mut RequestContext,
+        session: &mut Session,
+        ctx: &mut RequestContext,
     ) -> Result<Box<HttpPeer>> {
-        let index = self.next_peer.fetch_add(1, Ordering::Relaxed) % self.peers.len();
-        Ok(Box::new(HttpPeer::new(
-            self.peers[index],
-            self.tls,
-            self.sni.clone(),
-        )))
+        let path = session.req_header().uri.path().as_bytes();
+        match self.pool.select(path, &ctx.failed_peers) {
+            Some(addr) => Ok(Box::new(HttpPeer::new(addr, self.tls, self.sni.clone()))),
+            None => Err(Error::explain(
+                NO_HEALTHY_UPSTREAM,
+                "no healthy upstream peer left to try",
+            )),
+        }
+    }
+
+    /// A peer that cannot be connected to is left out, and the request tried on another
+    /// healthy one (up to Pingora's `max_retries`) before its health check catches up.
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut RequestContext,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        self.pool.count_error(UpstreamErrorKind::of(&e));
+        if let Some(addr) = peer._address.as_inet() {
+            ctx.failed_peers.push(*addr);
+        }
+        e.set_retry(true);
+        e
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        _ctx: &mut RequestContext,
+    ) -> FailToProxy {
+        let code = if *e.etype() == NO_HEALTHY_UPSTREAM {
+            // Every healthy peer failed this request. Pingora does not keep a connection
+            // whose request failed here: say so (HTTP/1.1 `Connection: close`), so the
+            // client does not send its next request on a connection about to close.
+            self.pool.count_error(UpstreamErrorKind::NoHealthyPeer);
+            session.set_keepalive(None);
+            let written = write_no_healthy_upstream(session).await.is_ok();
+            return FailToProxy {
+                error_code: if written { 502 } else { 0 },
+                can_reuse_downstream: false,
+            };
+        } else {
+            // Connect failures were counted as they happened (`fail_to_connect`).
+            let upstream = e.esource() == &ErrorSource::Upstream;
+            if upstream && UpstreamErrorKind::of(e) != UpstreamErrorKind::Connect {
+                self.pool.count_error(UpstreamErrorKind::of(e));
+            }
+            default_error_status(e)
+        };
+        if code > 0 {
+            if let Err(write) = session.respond_error(code).await {
+                log::error!("failed to send error response to downstream: {write}");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
     }
 
     fn request_summary(&self, session: &Session, _ctx: &RequestContext) -> String {
@@ -416,6 +503,21 @@ impl ProxyHttp for EpochGateProxy {
             ctx.admitted.as_ref(),
             upstream_request,
         )
+    }
+}
+
+/// The status Pingora's own `fail_to_proxy` answers an error with (0: nothing to answer).
+fn default_error_status(e: &Error) -> u16 {
+    match e.etype() {
+        ErrorType::HTTPStatus(code) => *code,
+        _ => match e.esource() {
+            ErrorSource::Upstream => 502,
+            ErrorSource::Downstream => match e.etype() {
+                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                _ => 400,
+            },
+            ErrorSource::Internal | ErrorSource::Unset => 500,
+        },
     }
 }
 

@@ -1,4 +1,5 @@
-//! Assembling the Pingora server: proxy, admin listener, key refresher, listener watchdog.
+//! Assembling the Pingora server: proxy (plain and TLS listeners), upstream pool health
+//! checks, admin listener, key refresher, certificate reloader, listener watchdog.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
@@ -6,8 +7,10 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora::apps::http_app::HttpServer;
-use pingora::apps::ServerApp;
+use pingora::apps::{HttpServerOptions, ServerApp};
+use pingora::listeners::tls::TlsSettings;
 use pingora::protocols::Stream;
+use pingora::protocols::ALPN;
 use pingora::proxy::{HttpProxy, ProxyHttp};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{Server, ShutdownWatch};
@@ -20,6 +23,8 @@ use crate::config::{FeedSettings, Settings};
 use crate::feed::FeedService;
 use crate::gate::{Gate, GateError};
 use crate::proxy::EpochGateProxy;
+use crate::tls::{CertReloader, CertStore};
+use crate::upstream::{PoolService, UpstreamPool};
 
 /// How long the proxy listener may take to accept before the process gives up.
 pub const LISTEN_DEADLINE: Duration = Duration::from_secs(5);
@@ -37,6 +42,8 @@ pub enum StartError {
     Gate(#[from] GateError),
     #[error(transparent)]
     AccessLog(#[from] AccessLogError),
+    #[error("cannot set up the TLS listener (proxy.tls): {0}")]
+    Tls(String),
 }
 
 /// Fails fast, naming the address, when a listener cannot be bound. Pingora alone retries
@@ -75,11 +82,48 @@ pub fn build(settings: Settings, opt: Opt) -> Result<EdgeServer, StartError> {
     let mut server = Server::new_with_opt_and_conf(opt, settings.server);
     server.bootstrap();
 
-    let proxy = EpochGateProxy::new(gate.clone(), &settings.proxy, settings.forward.clone())
-        .with_access_log(AccessLog::open(&settings.access_log)?);
-    let mut proxy_service = draining_proxy_service(&server.configuration, proxy, "epochgate proxy");
+    let pool = Arc::new(UpstreamPool::new(&settings.proxy.pool));
+    if let Err(e) = pool.register(gate.metrics().registry()) {
+        log::error!("upstream pool metrics not registered: {e}");
+    }
+    let proxy = EpochGateProxy::with_pool(
+        gate.clone(),
+        pool.clone(),
+        &settings.proxy,
+        settings.forward.clone(),
+    )
+    .with_access_log(AccessLog::open(&settings.access_log)?);
+    let mut http_proxy = pingora::proxy::http_proxy(&server.configuration, proxy);
+    if settings.proxy.h2c {
+        let mut options = HttpServerOptions::default();
+        options.h2c = true;
+        http_proxy.server_options = Some(options);
+    }
+    let mut proxy_service = Service::new(
+        "epochgate proxy".to_string(),
+        DrainOnShutdown::new(http_proxy, grace_period(&server.configuration)),
+    );
+    let mut cert_reloader = None;
+    let downstream_tls = settings.proxy.downstream_tls.as_ref();
     for addr in &settings.proxy.listen {
-        proxy_service.add_tcp(&addr.to_string());
+        match downstream_tls.filter(|tls| tls.listen.contains(addr)) {
+            Some(tls) => {
+                let store = cert_reloader
+                    .get_or_insert_with(|| CertReloader {
+                        store: Arc::new(CertStore::new(tls.certificate.certified.clone())),
+                        cert_file: tls.cert_file.clone(),
+                        key_file: tls.key_file.clone(),
+                    })
+                    .store
+                    .clone();
+                proxy_service.add_tls_with_settings(
+                    &addr.to_string(),
+                    None,
+                    listener_tls(store, tls.http2)?,
+                );
+            }
+            None => proxy_service.add_tcp(&addr.to_string()),
+        }
     }
 
     let mut admin_service = Service::new(
@@ -109,7 +153,36 @@ pub fn build(settings: Settings, opt: Opt) -> Result<EdgeServer, StartError> {
         ));
     }
     server.add_service(watchdog);
+    let mut pool_service = background_service("epochgate upstream health check", PoolService(pool));
+    pool_service.threads = Some(1);
+    server.add_service(pool_service);
+    if let Some(reloader) = cert_reloader {
+        let mut service = background_service("epochgate tls reload", reloader);
+        service.threads = Some(1);
+        server.add_service(service);
+    }
     Ok(EdgeServer { server, gate })
+}
+
+/// A TLS listener's settings: the certificate from the reloadable store, HTTP/2 offered
+/// through ALPN (preferred, HTTP/1.1 allowed) or HTTP/1.1 only.
+fn listener_tls(store: Arc<CertStore>, http2: bool) -> Result<TlsSettings, StartError> {
+    // The paths are unused: the resolver supplies the certificate.
+    let mut tls = TlsSettings::intermediate("", "").map_err(|e| StartError::Tls(e.to_string()))?;
+    tls.set_cert_resolver(store);
+    if http2 {
+        tls.enable_h2();
+    } else {
+        tls.set_alpn(ALPN::H1);
+    }
+    Ok(tls)
+}
+
+fn grace_period(conf: &ServerConf) -> Duration {
+    Duration::from_secs(
+        conf.grace_period_seconds
+            .unwrap_or(PINGORA_DEFAULT_GRACE_SECONDS),
+    )
 }
 
 /// Pingora's grace period when `grace_period_seconds` is not set (its `EXIT_TIMEOUT`).
@@ -127,15 +200,9 @@ where
     SV: ProxyHttp + Send + Sync + 'static,
     SV::CTX: Send + Sync,
 {
-    let grace = conf
-        .grace_period_seconds
-        .unwrap_or(PINGORA_DEFAULT_GRACE_SECONDS);
     Service::new(
         name.to_string(),
-        DrainOnShutdown::new(
-            pingora::proxy::http_proxy(conf, proxy),
-            Duration::from_secs(grace),
-        ),
+        DrainOnShutdown::new(pingora::proxy::http_proxy(conf, proxy), grace_period(conf)),
     )
 }
 

@@ -1,5 +1,6 @@
-//! A real player: ffmpeg reads an HLS stream through the edge with the token in the query
-//! string, the account signs out mid-stream, and playback stops at the next segment.
+//! A real player: ffmpeg reads an HLS stream through the edge (plain HTTP and HTTPS) with the
+//! token in the query string, the account signs out mid-stream, and playback stops at the
+//! next segment.
 
 mod common;
 
@@ -106,6 +107,21 @@ async fn media_file(State(media): State<Arc<Media>>, UrlPath(name): UrlPath<Stri
 
 #[tokio::test]
 async fn playback_stops_at_the_next_segment_after_sign_out() {
+    playback_stops_after_sign_out(Listener::Plain).await;
+}
+
+#[tokio::test]
+async fn playback_over_https_stops_at_the_next_segment_after_sign_out() {
+    playback_stops_after_sign_out(Listener::Tls).await;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listener {
+    Plain,
+    Tls,
+}
+
+async fn playback_stops_after_sign_out(edge_listener: Listener) {
     let Some(ffmpeg) = ffmpeg() else { return };
     let origin = TestOrigin::start().await;
     origin.enable_feed();
@@ -123,14 +139,24 @@ async fn playback_stops_at_the_next_segment_after_sign_out() {
         .route("/live/{name}", get(media_file))
         .with_state(media.clone());
     tokio::spawn(async move { axum::serve(listener, router).await });
-    let edge = Edge::spawn(&origin.url(), upstream, DEFAULT_CACHE, "");
-    edge.wait_ready().await;
+    let ca = tls::TestCa::new();
+    let cert = ca.issue("edge", media_dir.path());
+    let edge = match edge_listener {
+        Listener::Plain => Edge::start_with(&origin.url(), upstream, DEFAULT_CACHE, "").await,
+        Listener::Tls => tls::tls_edge_to(&origin, upstream, &cert, "").await,
+    };
     edge.wait_feed("connected").await;
+    let playlist = format!("/live/index.m3u8?token={token}");
+    let url = match edge_listener {
+        Listener::Plain => edge.url(&playlist),
+        // ffmpeg does not verify server certificates unless told to (-tls_verify 1).
+        Listener::Tls => tls::https_url(&edge, &playlist),
+    };
 
     // -re: read at the native rate, so segments are fetched one by one as playback goes on.
     let mut player = Command::new(&ffmpeg)
         .args(["-hide_banner", "-nostdin", "-re", "-i"])
-        .arg(edge.url(&format!("/live/index.m3u8?token={token}")))
+        .arg(url)
         .args(["-c", "copy", "-f", "null", "-"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -4,6 +4,8 @@
 
 pub mod restart_load;
 
+pub mod tls;
+
 use std::collections::HashMap;
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener as StdListener};

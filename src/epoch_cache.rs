@@ -19,13 +19,13 @@ use crate::revocation::{RevocationRecord, Standing};
 /// so a down origin sees one retry per account per second, not one per request.
 const REFRESH_RETRY: Duration = Duration::from_secs(1);
 
-/// A record and when the origin last confirmed it. Kept compact (64 bytes with its `Arc`):
-/// an edge holds a million of these, and most accounts have no device epochs at all.
+/// A record and when the origin last confirmed it. Kept compact: an edge holds a million of
+/// these, and most accounts have no device epochs at all.
 #[derive(Debug)]
 pub struct CachedRecord {
     epoch: u64,
-    /// Per-device epochs; `None` for the common account without any. Boxed on purpose: 8 bytes
-    /// in every entry instead of a 48-byte map that is almost always empty.
+    /// Per-device epochs; `None` for the common account without any. Boxed on purpose: a
+    /// pointer in every entry instead of a map that is almost always empty.
     #[allow(clippy::box_collection)]
     devices: Option<Box<HashMap<String, u64>>>,
     /// When the origin (or the feed) last confirmed it, on the monotonic clock: for a fetch,

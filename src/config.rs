@@ -1047,12 +1047,6 @@ impl ProxyFile {
         let mut tls_listen = Vec::new();
         for (i, entry) in self.listen.0.iter().enumerate() {
             let addr = parse_listen(&format!("proxy.listen[{i}]"), &entry.address)?;
-            if listen.contains(&addr) {
-                return Err(ConfigError::new(
-                    format!("proxy.listen[{i}]"),
-                    format!("{addr} is listed twice"),
-                ));
-            }
             if entry.tls == Some(true) && self.tls.is_none() {
                 return Err(ConfigError::new(
                     format!("proxy.listen[{i}].tls"),

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use http::{HeaderMap, Uri};
 
-use crate::clock::{self, SharedClock};
 use crate::client_ip::IpNetwork;
+use crate::clock::{self, SharedClock};
 use crate::config::{OnOriginUnavailable, Settings, TokenSource};
 use crate::decision::{Decision, InvalidToken, Reason};
 use crate::epoch_cache::{EpochCache, Lookup};

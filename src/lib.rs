@@ -16,8 +16,8 @@
 
 pub mod access_log;
 pub mod admin;
-pub mod clock;
 pub mod client_ip;
+pub mod clock;
 pub mod config;
 pub mod decision;
 #[cfg(feature = "demo")]

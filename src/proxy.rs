@@ -116,7 +116,10 @@ impl Forwarding {
             account_header: Bytes::copy_from_slice(settings.account_header.as_str().as_bytes()),
             device_header: Bytes::copy_from_slice(settings.device_header.as_str().as_bytes()),
             // Under the edge's namespace, so a client-sent copy is removed with the rest.
-            decision_header: Bytes::from(format!("{}{DECISION_HEADER_SUFFIX}", settings.header_prefix)),
+            decision_header: Bytes::from(format!(
+                "{}{DECISION_HEADER_SUFFIX}",
+                settings.header_prefix
+            )),
             settings,
         }
     }
@@ -654,7 +657,9 @@ mod tests {
 
     /// async_trait allocates `request_filter`'s future on every request, so
     /// the slow paths (origin fetch, key refresh, writing a rejection) are boxed apart from
-    /// it; this keeps it under 512 bytes.
+    /// it. What stays is the state of a remembered token's decision (the client address for
+    /// the invalid-token budget, the route's mode, the gate's timing): this keeps it within
+    /// jemalloc's 640-byte size class.
     #[tokio::test]
     async fn request_filter_future_stays_small() {
         let settings = crate::Settings::from_yaml(
@@ -677,7 +682,7 @@ token: { algorithms: [ES256], issuer: "i", audience: "a" }
         let mut ctx = proxy.new_ctx();
         let future = proxy.request_filter(&mut session, &mut ctx);
         let size = std::mem::size_of_val(&*future);
-        assert!(size <= 512, "request_filter's future is {size} bytes");
+        assert!(size <= 640, "request_filter's future is {size} bytes");
     }
 
     #[test]

@@ -12,7 +12,8 @@ use futures::future::{BoxFuture, FutureExt, Shared};
 use crate::clock::{self, SharedClock};
 use crate::config::CacheSettings;
 use crate::metrics::{CacheResult, Metrics};
-use crate::origin::{OriginClient, OriginError};
+use crate::origin::OriginError;
+use crate::record_source::RecordSource;
 use crate::revocation::{RevocationRecord, Standing};
 
 /// After a failed background refresh, the next attempt for that account waits this long,
@@ -166,21 +167,26 @@ struct Inner {
     /// Fetches under way, one per account. moka's own `try_get_with` only coalesces loads of
     /// absent keys; refreshes of present-but-old entries need the same, so one map serves both.
     in_flight: Mutex<HashMap<String, Flight>>,
-    origin: Arc<OriginClient>,
+    source: Arc<dyn RecordSource>,
     settings: CacheSettings,
     metrics: Arc<Metrics>,
     clock: SharedClock,
 }
 
 impl EpochCache {
-    pub fn new(settings: CacheSettings, origin: Arc<OriginClient>, metrics: Arc<Metrics>) -> Self {
-        EpochCache::with_clock(settings, origin, metrics, clock::system())
+    /// A cache that fetches missing and old records from `source`.
+    pub fn new(
+        settings: CacheSettings,
+        source: Arc<dyn RecordSource>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        EpochCache::with_clock(settings, source, metrics, clock::system())
     }
 
     /// A cache that measures ages and retry intervals on `clock`.
     pub fn with_clock(
         settings: CacheSettings,
-        origin: Arc<OriginClient>,
+        source: Arc<dyn RecordSource>,
         metrics: Arc<Metrics>,
         clock: SharedClock,
     ) -> Self {
@@ -198,7 +204,7 @@ impl EpochCache {
                 coverage: Arc::new(FeedCoverage::new(clock.clone())),
                 cache,
                 in_flight: Mutex::new(HashMap::new()),
-                origin,
+                source,
                 settings,
                 metrics,
                 clock,
@@ -386,7 +392,7 @@ impl EpochCache {
         let key = account.to_string();
         let asked_at_ms = self.inner.clock.monotonic_millis();
         let task = tokio::spawn(async move {
-            let result = match inner.origin.fetch_record(&key).await {
+            let result = match inner.source.fetch_record(&key).await {
                 Ok(record) => Ok(Inner::merge(&inner, &key, record, asked_at_ms).await),
                 Err(e) => Err(e),
             };

@@ -16,6 +16,7 @@ use crate::invalid_token_budget::InvalidTokenBudget;
 use crate::keys::KeyStore;
 use crate::metrics::Metrics;
 use crate::origin::{OriginClient, OriginError};
+use crate::record_source::RecordSource;
 use crate::revocation::Standing;
 use crate::route::{Mode, Routes};
 use crate::token_source::{self, Found, Unusable};
@@ -62,11 +63,23 @@ impl Gate {
 
     /// [`Gate::new`], with every interval and age measured on `clock` (tests step it).
     pub fn with_clock(settings: &Settings, clock: SharedClock) -> Result<Gate, GateError> {
+        Gate::with_record_source(settings, clock, None)
+    }
+
+    /// [`Gate::with_clock`], with revocation records from `source` instead of the auth
+    /// origin's lookups (`None`: the auth origin). The JWKS still comes from the auth origin
+    /// (unless the keys are static); the feed, when the binary runs it, still feeds the cache.
+    pub fn with_record_source(
+        settings: &Settings,
+        clock: SharedClock,
+        source: Option<Arc<dyn RecordSource>>,
+    ) -> Result<Gate, GateError> {
         let metrics = Arc::new(Metrics::new());
         let origin = Arc::new(
             OriginClient::new(&settings.auth_origin, metrics.clone())?
                 .with_max_devices_per_account(settings.cache.max_devices_per_account),
         );
+        let source: Arc<dyn RecordSource> = source.unwrap_or_else(|| origin.clone());
         let keys = match &settings.token.keys {
             crate::config::KeySource::Jwks => KeyStore::new_jwks(
                 origin.clone(),
@@ -84,7 +97,7 @@ impl Gate {
             .with_metrics(metrics.clone());
         let cache = EpochCache::with_clock(
             settings.cache.clone(),
-            origin.clone(),
+            source,
             metrics.clone(),
             clock.clone(),
         );

@@ -30,6 +30,7 @@ pub mod keys;
 pub mod metrics;
 pub mod origin;
 pub mod proxy;
+pub mod record_source;
 #[cfg(feature = "demo")]
 pub mod reference;
 pub mod revocation;

@@ -67,17 +67,10 @@ fn rss_kib(pid: u32) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_tokens_for_random_accounts_cause_zero_origin_requests() {
-    let origin = TestOrigin::start().await;
-    let upstream = Upstream::start().await;
     // Every forged token is verified (and rejected): without the per-client budget, which
     // would refuse most of them unchecked (tests/forged_token_flood.rs).
-    let edge = Edge::start_with(
-        &origin.url(),
-        upstream.addr,
-        DEFAULT_CACHE,
-        "limits:\n  invalid_tokens_per_client: off\n",
-    )
-    .await;
+    let (origin, upstream, edge) =
+        started_with("limits:\n  invalid_tokens_per_client: off\n").await;
 
     // Well-formed tokens with the trusted kid, random accounts, and signatures that are not
     // the trusted key's: verification must reject them before any lookup.

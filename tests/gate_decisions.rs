@@ -154,15 +154,7 @@ async fn cookie_token_is_accepted_and_only_that_cookie_stripped() {
 
 #[tokio::test]
 async fn strip_token_off_forwards_the_token() {
-    let origin = TestOrigin::start().await;
-    let upstream = Upstream::start().await;
-    let edge = Edge::start_with(
-        &origin.url(),
-        upstream.addr,
-        DEFAULT_CACHE,
-        "forward:\n  strip_token: false\n",
-    )
-    .await;
+    let (origin, _upstream, edge) = started_with("forward:\n  strip_token: false\n").await;
 
     let token = origin.token("alice", "tv");
     let echo = echoed(edge.get_with_token("/", &token).await).await;

@@ -202,17 +202,10 @@ async fn rotated_key_is_accepted_after_one_jwks_fetch() {
 
 #[tokio::test]
 async fn flood_of_random_kids_fetches_the_jwks_at_most_once_per_10_s() {
-    let origin = TestOrigin::start().await;
-    let upstream = Upstream::start().await;
     // Every token is checked: the per-client budget would refuse most of them unchecked
     // (tests/forged_token_flood.rs), and this is about the key service's own limit.
-    let edge = Edge::start_with(
-        &origin.url(),
-        upstream.addr,
-        DEFAULT_CACHE,
-        "limits:\n  invalid_tokens_per_client: off\n",
-    )
-    .await;
+    let (origin, _upstream, edge) =
+        started_with("limits:\n  invalid_tokens_per_client: off\n").await;
 
     let before = origin.jwks_requests();
     let started = Instant::now();

@@ -855,9 +855,14 @@ pub fn sum_samples(text: &str, sample: &str) -> f64 {
 
 /// A test origin, an echoing upstream, and a ready edge in front of them (default config).
 pub async fn started() -> (TestOrigin, Upstream, Edge) {
+    started_with("").await
+}
+
+/// [`started`], with `extra` (top-level YAML keys) appended to the edge's config.
+pub async fn started_with(extra: &str) -> (TestOrigin, Upstream, Edge) {
     let origin = TestOrigin::start().await;
     let upstream = Upstream::start().await;
-    let edge = Edge::start(&origin, &upstream).await;
+    let edge = Edge::start_with(&origin.url(), upstream.addr, DEFAULT_CACHE, extra).await;
     (origin, upstream, edge)
 }
 

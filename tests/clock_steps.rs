@@ -64,13 +64,20 @@ async fn unknown_kid_is_rejected(edge: &Edge, kid: &str) {
     assert_eq!(rejection(response, 401).await["error"], "invalid_token");
 }
 
-#[tokio::test]
-async fn unknown_kid_refetch_limit_is_not_opened_by_a_wall_clock_step_forward() {
+/// An edge under libfaketime (offset file `+0`) that has just refetched the JWKS for an
+/// unknown `kid`, so the 10 s refetch limit is running.
+async fn edge_after_one_unknown_kid() -> (TestOrigin, Upstream, tempfile::NamedTempFile, Edge) {
     let origin = TestOrigin::start().await;
     let upstream = Upstream::start().await;
     let offset = tempfile::NamedTempFile::new().unwrap();
     let edge = edge_with_steppable_wall_clock(&origin, &upstream, offset.path()).await;
     unknown_kid_is_rejected(&edge, "unknown-1").await;
+    (origin, upstream, offset, edge)
+}
+
+#[tokio::test]
+async fn unknown_kid_refetch_limit_is_not_opened_by_a_wall_clock_step_forward() {
+    let (origin, _upstream, offset, edge) = edge_after_one_unknown_kid().await;
     let fetched = origin.jwks_requests();
 
     std::fs::write(offset.path(), "+300\n").unwrap();
@@ -89,11 +96,7 @@ async fn unknown_kid_refetch_limit_is_not_opened_by_a_wall_clock_step_forward() 
 
 #[tokio::test]
 async fn unknown_kid_refetch_limit_is_not_stalled_by_a_wall_clock_step_back() {
-    let origin = TestOrigin::start().await;
-    let upstream = Upstream::start().await;
-    let offset = tempfile::NamedTempFile::new().unwrap();
-    let edge = edge_with_steppable_wall_clock(&origin, &upstream, offset.path()).await;
-    unknown_kid_is_rejected(&edge, "unknown-1").await;
+    let (origin, _upstream, offset, edge) = edge_after_one_unknown_kid().await;
     let fetched = origin.jwks_requests();
 
     std::fs::write(offset.path(), "-300\n").unwrap();

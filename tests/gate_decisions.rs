@@ -456,17 +456,21 @@ async fn edge_with_max_lifetime(origin: &TestOrigin, upstream: &Upstream) -> Edg
     edge
 }
 
+/// A token issued a minute ago whose `exp` lies `lifetime` seconds after its `iat`.
+fn token_living(origin: &TestOrigin, lifetime: u64) -> String {
+    let iat = now() - 60;
+    let mut claims = claims("alice", "tv", iat);
+    claims["exp"] = json!(iat + lifetime);
+    origin.key.sign(&claims).unwrap()
+}
+
 #[tokio::test]
 async fn token_living_longer_than_max_lifetime_is_invalid() {
     let origin = TestOrigin::start().await;
     let upstream = Upstream::start().await;
     let edge = edge_with_max_lifetime(&origin, &upstream).await;
 
-    let mut long_lived = claims("alice", "tv", now() - 60);
-    long_lived["exp"] = json!(now() - 60 + 3601);
-    let response = edge
-        .get_with_token("/", &origin.key.sign(&long_lived).unwrap())
-        .await;
+    let response = edge.get_with_token("/", &token_living(&origin, 3601)).await;
     let challenge = response.headers()["www-authenticate"]
         .to_str()
         .unwrap()
@@ -484,10 +488,6 @@ async fn token_within_max_lifetime_is_allowed() {
     let upstream = Upstream::start().await;
     let edge = edge_with_max_lifetime(&origin, &upstream).await;
 
-    let mut within = claims("alice", "tv", now() - 60);
-    within["exp"] = json!(now() - 60 + 3600);
-    let response = edge
-        .get_with_token("/", &origin.key.sign(&within).unwrap())
-        .await;
+    let response = edge.get_with_token("/", &token_living(&origin, 3600)).await;
     assert_eq!(response.status(), 200);
 }

@@ -10,12 +10,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use epochgate::config::{AuthOriginSettings, CacheSettings, FeedSettings, OnOriginUnavailable};
-use epochgate::epoch_cache::{EpochCache, LastRecord};
 use epochgate::metrics::Metrics;
-use epochgate::origin::OriginClient;
+use epochgate::request::verified_cache::{Remembered, TokenKey, VerifiedCache};
+use epochgate::request::verify::VerifiedToken;
+use epochgate::revocation::epoch_cache::{EpochCache, LastRecord};
+use epochgate::revocation::origin::OriginClient;
 use epochgate::revocation::RevocationRecord;
-use epochgate::verified_cache::{Remembered, TokenKey, VerifiedCache};
-use epochgate::verify::VerifiedToken;
 
 // The `epochgate` binary's allocator, so that the figures are the binary's.
 #[cfg(feature = "jemalloc")]

@@ -12,9 +12,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use epochgate::edge::proxy::{gate_request, prepare_upstream_request, Admitted, Forwarding, Gated};
+use epochgate::edge::server::draining_proxy_service;
 use epochgate::gate::Gate;
-use epochgate::proxy::{gate_request, prepare_upstream_request, Admitted, Forwarding, Gated};
-use epochgate::server::draining_proxy_service;
 use epochgate::Settings;
 use pingora::http::RequestHeader;
 use pingora::prelude::HttpPeer;
@@ -54,7 +54,7 @@ impl ProxyHttp for MyProxy {
 
     /// Pingora's error lines describe the request with this: keep tokens (query strings) out.
     fn request_summary(&self, session: &Session, _ctx: &Self::CTX) -> String {
-        epochgate::proxy::redacted_summary(session.req_header())
+        epochgate::edge::proxy::redacted_summary(session.req_header())
     }
 
     async fn upstream_peer(
@@ -107,7 +107,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     server.add_service(proxy);
     // Keeps the JWKS loaded (a no-op for static keys).
-    server.add_service(epochgate::server::key_refresh_service(
+    server.add_service(epochgate::edge::server::key_refresh_service(
         gate,
         settings.auth_origin.jwks_refresh,
     ));

@@ -66,10 +66,10 @@ cache:
 
 pub fn run(args: DemoArgs) -> Result<(), String> {
     let settings = Settings::from_yaml(&demo_config(&args)).map_err(|e| e.to_string())?;
-    crate::server::check_listeners_free(&settings).map_err(|e| e.to_string())?;
+    crate::edge::server::check_listeners_free(&settings).map_err(|e| e.to_string())?;
     let auth = AuthOrigin::new(ISSUER, AUDIENCE)?;
     start_origins(&args, auth)?;
-    let edge = crate::server::build(settings, pingora::server::configuration::Opt::default())
+    let edge = crate::edge::server::build(settings, pingora::server::configuration::Opt::default())
         .map_err(|e| e.to_string())?;
     let walk_args = args.clone();
     std::thread::spawn(move || {

@@ -6,21 +6,21 @@ use std::sync::Arc;
 
 use http::{HeaderMap, Uri};
 
-use crate::client_ip::IpNetwork;
 use crate::clock::{self, SharedClock};
 use crate::config::{OnOriginUnavailable, Settings, TokenSource};
-use crate::decision::{Decision, InvalidToken, Reason};
-use crate::epoch_cache::{EpochCache, Lookup};
-use crate::feed::FeedStatus;
-use crate::invalid_token_budget::InvalidTokenBudget;
-use crate::keys::KeyStore;
 use crate::metrics::Metrics;
-use crate::origin::{OriginClient, OriginError};
-use crate::record_source::RecordSource;
+use crate::request::client_ip::IpNetwork;
+use crate::request::decision::{Decision, InvalidToken, Reason};
+use crate::request::invalid_token_budget::InvalidTokenBudget;
+use crate::request::keys::KeyStore;
+use crate::request::route::{Mode, Routes};
+use crate::request::token_source::{self, Found, Unusable};
+use crate::request::verify::{Verifier, VerifyError};
+use crate::revocation::epoch_cache::{EpochCache, Lookup};
+use crate::revocation::feed::FeedStatus;
+use crate::revocation::origin::{OriginClient, OriginError};
+use crate::revocation::record_source::RecordSource;
 use crate::revocation::Standing;
-use crate::route::{Mode, Routes};
-use crate::token_source::{self, Found, Unusable};
-use crate::verify::{Verifier, VerifyError};
 
 /// Why a gate could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -122,7 +122,7 @@ impl Gate {
         })
     }
 
-    /// The revocation feed's state (driven by [`crate::feed::FeedService`]).
+    /// The revocation feed's state (driven by [`crate::revocation::feed::FeedService`]).
     pub fn feed_status(&self) -> &Arc<FeedStatus> {
         &self.feed_status
     }
@@ -150,7 +150,7 @@ impl Gate {
     /// The client a request from `peer` counts as: `peer`, or behind a peer listed in
     /// `proxy.trusted_proxies`, the last untrusted address of its `X-Forwarded-For`.
     pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
-        crate::client_ip::client_ip(peer, headers, &self.trusted_proxies)
+        crate::request::client_ip::client_ip(peer, headers, &self.trusted_proxies)
     }
 
     /// The top-level `mode` and the `routes`: [`Routes::mode_for`] a request's path.

@@ -14,37 +14,21 @@
 //! for the listener's certificate), [`clock`], and, with the `demo` feature (on by default),
 //! the `reference` auth origin and streaming origin used by `epochgate demo` and the tests.
 
-pub mod access_log;
-pub mod admin;
-pub mod client_ip;
 pub mod clock;
 pub mod config;
-pub mod decision;
 #[cfg(feature = "demo")]
 pub mod demo;
-pub mod epoch_cache;
-pub mod feed;
+pub mod edge;
 pub mod gate;
-pub mod invalid_token_budget;
-pub mod keys;
 pub mod metrics;
-pub mod origin;
-pub mod proxy;
-pub mod record_source;
 #[cfg(feature = "demo")]
 pub mod reference;
+pub mod request;
 pub mod revocation;
-pub mod route;
-pub mod server;
-pub mod tls;
-pub mod token_source;
-pub mod upstream;
-pub mod verified_cache;
-pub mod verify;
 
 pub use config::Settings;
-pub use decision::{Decision, Reason};
 pub use gate::Gate;
+pub use request::decision::{Decision, Reason};
 
 /// Milliseconds on the process's monotonic clock (never 0); see [`clock`].
 pub fn monotonic_millis() -> u64 {

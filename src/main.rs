@@ -80,7 +80,7 @@ fn main() -> ExitCode {
     }
     if !cli.upgrade {
         // With -u the listeners come from the running instance, so they are busy by design.
-        if let Err(e) = epochgate::server::check_listeners_free(&settings) {
+        if let Err(e) = epochgate::edge::server::check_listeners_free(&settings) {
             eprintln!("epochgate: {e}");
             return ExitCode::FAILURE;
         }
@@ -90,7 +90,7 @@ fn main() -> ExitCode {
         daemon: cli.daemon,
         ..Default::default()
     };
-    match epochgate::server::build(settings, opt) {
+    match epochgate::edge::server::build(settings, opt) {
         Ok(edge) => edge.server.run_forever(),
         Err(e) => {
             eprintln!("epochgate: {e}");

@@ -7,8 +7,8 @@ use prometheus::{
     Opts, Registry, TextEncoder,
 };
 
-use crate::decision::DecisionLabel;
-use crate::route::Mode;
+use crate::request::decision::DecisionLabel;
+use crate::request::route::Mode;
 
 /// Buckets of the gate's own share of a request: tens of microseconds for a remembered token,
 /// up to the auth-origin timeout for a lookup.

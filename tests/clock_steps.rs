@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::*;
-use epochgate::keys::UNKNOWN_KID_REFETCH_INTERVAL;
 use epochgate::reference::signing::SigningKey;
+use epochgate::request::keys::UNKNOWN_KID_REFETCH_INTERVAL;
 
 /// libfaketime's multi-threaded library (Debian package `faketime`, installed by dev.sh).
 fn libfaketime() -> PathBuf {

@@ -12,16 +12,16 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-use crate::access_log::{AccessLog, Entry};
 use crate::config::{ForwardSettings, ProxySettings, TokenSource};
-use crate::decision::{Decision, DecisionLabel, Reason};
-use crate::gate::{Gate, Verdict};
-use crate::metrics::UNGATED;
-use crate::route::Mode;
-use crate::token_source;
-use crate::upstream::{
+use crate::edge::access_log::{AccessLog, Entry};
+use crate::edge::upstream::{
     write_no_healthy_upstream, UpstreamErrorKind, UpstreamPool, NO_HEALTHY_UPSTREAM,
 };
+use crate::gate::{Gate, Verdict};
+use crate::metrics::UNGATED;
+use crate::request::decision::{Decision, DecisionLabel, Reason};
+use crate::request::route::Mode;
+use crate::request::token_source;
 
 /// The name, after `forward.header_prefix`, of the header an upstream receives the decision
 /// in, for requests on `observe` routes (`x-epochgate-decision` by default): `allowed`,
@@ -281,7 +281,7 @@ pub struct EpochGateProxy {
 
 impl EpochGateProxy {
     /// A proxy with a pool of its own; its peers are health-checked and re-resolved only
-    /// while [`crate::upstream::PoolService`] runs for [`EpochGateProxy::pool`].
+    /// while [`crate::edge::upstream::PoolService`] runs for [`EpochGateProxy::pool`].
     pub fn new(gate: Arc<Gate>, proxy: &ProxySettings, forward: ForwardSettings) -> Self {
         let pool = Arc::new(UpstreamPool::new(&proxy.pool));
         EpochGateProxy::with_pool(gate, pool, proxy, forward)

@@ -10,12 +10,12 @@ use serde_json::Value;
 
 use crate::clock::{self, SharedClock};
 use crate::config::TokenSettings;
-use crate::decision::InvalidToken;
-use crate::epoch_cache::LastRecord;
-use crate::keys::KeyStore;
 use crate::metrics::Metrics;
-use crate::token_source::MAX_TOKEN_BYTES;
-use crate::verified_cache::{Remembered, TokenKey, VerifiedCache};
+use crate::request::decision::InvalidToken;
+use crate::request::keys::KeyStore;
+use crate::request::token_source::MAX_TOKEN_BYTES;
+use crate::request::verified_cache::{Remembered, TokenKey, VerifiedCache};
+use crate::revocation::epoch_cache::LastRecord;
 
 /// What a valid token says.
 #[derive(Debug, Clone, PartialEq, Eq)]

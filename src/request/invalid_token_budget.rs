@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use pingora_limits::rate::{Rate, RateComponents};
 
-use crate::client_ip::canonical;
 use crate::config::BudgetSettings;
+use crate::request::client_ip::canonical;
 
 /// Rows and columns of each of the estimator's two sketches: 4 × 8192 counters of 8 bytes,
 /// 512 KiB for both. With N clients over budget at once, one that has not failed is counted

@@ -17,14 +17,14 @@ use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService, GenBackgroundService};
 use pingora::services::listening::Service;
 
-use crate::access_log::{AccessLog, AccessLogError};
-use crate::admin::{AdminApp, Readiness};
 use crate::config::{FeedSettings, Settings};
-use crate::feed::FeedService;
+use crate::edge::access_log::{AccessLog, AccessLogError};
+use crate::edge::admin::{AdminApp, Readiness};
+use crate::edge::proxy::EpochGateProxy;
+use crate::edge::tls::{CertReloader, CertStore};
+use crate::edge::upstream::{PoolService, UpstreamPool};
 use crate::gate::{Gate, GateError};
-use crate::proxy::EpochGateProxy;
-use crate::tls::{CertReloader, CertStore};
-use crate::upstream::{PoolService, UpstreamPool};
+use crate::revocation::feed::FeedService;
 
 /// How long the proxy listener may take to accept before the process gives up.
 pub const LISTEN_DEADLINE: Duration = Duration::from_secs(5);

@@ -15,8 +15,8 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use aws_lc_rs::digest;
 
-use crate::epoch_cache::LastRecord;
-use crate::verify::VerifiedToken;
+use crate::request::verify::VerifiedToken;
+use crate::revocation::epoch_cache::LastRecord;
 
 /// Shards of the table: enough that workers seldom meet on one lock.
 const MAX_SHARDS: usize = 64;

@@ -10,7 +10,7 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 
 use crate::clock::{self, SharedClock};
 use crate::config::KeySource;
-use crate::origin::{OriginClient, OriginError};
+use crate::revocation::origin::{OriginClient, OriginError};
 
 /// Unknown `kid`s trigger a JWKS fetch at most this often, so a flood of made-up key ids
 /// cannot turn into a flood of auth-origin requests.
@@ -340,7 +340,7 @@ mod tests {
     /// fetch attempts.
     fn store_on_clock(clock: SharedClock) -> (KeyStore, Arc<Metrics>) {
         let metrics = Arc::new(Metrics::new());
-        let origin = crate::origin::unreachable_origin(metrics.clone());
+        let origin = crate::revocation::origin::unreachable_origin(metrics.clone());
         let store = KeyStore::new_jwks(origin, &[Algorithm::ES256], metrics.jwks_keys.clone())
             .with_clock(clock);
         (store, metrics)

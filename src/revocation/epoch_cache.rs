@@ -12,8 +12,8 @@ use futures::future::{BoxFuture, FutureExt, Shared};
 use crate::clock::{self, SharedClock};
 use crate::config::CacheSettings;
 use crate::metrics::{CacheResult, Metrics};
-use crate::origin::OriginError;
-use crate::record_source::RecordSource;
+use crate::revocation::origin::OriginError;
+use crate::revocation::record_source::RecordSource;
 use crate::revocation::{RevocationRecord, Standing};
 
 /// After a failed background refresh, the next attempt for that account waits this long,
@@ -462,7 +462,7 @@ mod tests {
 
     fn cache_on_clock(max_accounts: u64, clock: SharedClock) -> (EpochCache, Arc<Metrics>) {
         let metrics = Arc::new(Metrics::new());
-        let origin = crate::origin::unreachable_origin(metrics.clone());
+        let origin = crate::revocation::origin::unreachable_origin(metrics.clone());
         let cache = EpochCache::with_clock(
             CacheSettings {
                 max_accounts,

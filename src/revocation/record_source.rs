@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 
-use crate::origin::{OriginClient, OriginError};
+use crate::revocation::origin::{OriginClient, OriginError};
 use crate::revocation::RevocationRecord;
 
 /// A source of revocation records, asked one account at a time. The epoch cache calls it

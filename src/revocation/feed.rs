@@ -14,7 +14,7 @@ use crate::clock::{self, SharedClock};
 use crate::config::FeedSettings;
 use crate::gate::Gate;
 use crate::metrics::FeedEvent;
-use crate::origin::{FeedOpen, ThrottledLog};
+use crate::revocation::origin::{FeedOpen, ThrottledLog};
 use crate::revocation::RevocationRecord;
 
 /// Longest SSE line the edge buffers; a longer one is skipped (and its event counted malformed).

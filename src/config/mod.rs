@@ -13,9 +13,9 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily};
 use pingora::server::configuration::ServerConf;
 use serde::Deserialize;
 
-use crate::client_ip::IpNetwork;
+use crate::request::client_ip::IpNetwork;
 
-use crate::route::{Mode, Route, Routes};
+use crate::request::route::{Mode, Route, Routes};
 
 /// A configuration problem, always tied to the key it is about.
 #[derive(Debug, thiserror::Error)]
@@ -680,7 +680,7 @@ pub struct DownstreamTls {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
     /// Read and checked at load: what the listeners present until a reload.
-    pub certificate: crate::tls::LoadedCert,
+    pub certificate: crate::edge::tls::LoadedCert,
     /// Offer HTTP/2 through ALPN (else HTTP/1.1 only).
     pub http2: bool,
 }
@@ -886,7 +886,9 @@ fn validate_routes(mode: Mode, files: Vec<RouteFile>) -> Result<Routes, ConfigEr
                 format!("`{prefix}` must start with `/`"),
             ));
         }
-        if crate::route::normalize(&prefix) != prefix.as_str() || prefix.contains(['?', '%']) {
+        if crate::request::route::normalize(&prefix) != prefix.as_str()
+            || prefix.contains(['?', '%'])
+        {
             return Err(ConfigError::new(
                 key,
                 format!("`{prefix}` must be a plain decoded path (no `.`/`..` segments, `//`, `?` or `%`)"),
@@ -1068,7 +1070,7 @@ impl ProxyFile {
                 ))
             }
             Some(files) => {
-                let certificate = crate::tls::load(&files.cert_file, &files.key_file)
+                let certificate = crate::edge::tls::load(&files.cert_file, &files.key_file)
                     .map_err(|e| ConfigError::new(e.key(), e.to_string()))?;
                 if let Some(warning) = &certificate.validity_warning {
                     log::warn!("proxy.tls.cert_file: {warning}");

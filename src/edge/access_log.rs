@@ -15,7 +15,7 @@ use tracing::Dispatch;
 use tracing_appender::non_blocking::WorkerGuard;
 
 use crate::config::AccessLogSettings;
-use crate::decision::DecisionLabel;
+use crate::request::decision::DecisionLabel;
 
 /// Why the access log could not be opened.
 #[derive(Debug, thiserror::Error)]

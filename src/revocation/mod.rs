@@ -1,0 +1,11 @@
+//! Where an account's revocation epoch comes from and how it is held: the record and its
+//! rules, the seam for record sources, the bounded epoch cache, the auth-origin client and the
+//! pushed revocation feed.
+
+pub mod epoch_cache;
+pub mod feed;
+pub mod origin;
+pub mod record;
+pub mod record_source;
+
+pub use record::{RevocationRecord, Standing};

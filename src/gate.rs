@@ -14,10 +14,12 @@ use crate::request::decision::{Decision, InvalidToken, Reason};
 use crate::request::invalid_token_budget::InvalidTokenBudget;
 use crate::request::keys::KeyStore;
 use crate::request::route::{Mode, Routes};
+use crate::request::token_source::MAX_TOKEN_BYTES;
 use crate::request::token_source::{self, Found, Unusable};
-use crate::request::verify::{Verifier, VerifyError};
+use crate::request::verified_cache::{Remembered, TokenKey, VerifiedCache};
+use crate::request::verify::{VerifiedToken, Verifier, VerifyError};
+use crate::revocation::epoch_cache::LastRecord;
 use crate::revocation::epoch_cache::{EpochCache, Lookup};
-use crate::revocation::feed::FeedStatus;
 use crate::revocation::origin::{OriginClient, OriginError};
 use crate::revocation::record_source::RecordSource;
 use crate::revocation::Standing;
@@ -35,11 +37,12 @@ pub enum GateError {
 pub struct Gate {
     sources: Vec<TokenSource>,
     verifier: Verifier,
+    /// Tokens verified before (`None`: `token.verified_cache_entries: 0`).
+    verified: Option<VerifiedCache>,
     cache: EpochCache,
     on_origin_unavailable: OnOriginUnavailable,
     metrics: Arc<Metrics>,
     origin: Arc<OriginClient>,
-    feed_status: Arc<FeedStatus>,
     /// `None`: `limits.invalid_tokens_per_client: off`.
     invalid_token_budget: Option<InvalidTokenBudget>,
     trusted_proxies: Vec<IpNetwork>,
@@ -68,7 +71,8 @@ impl Gate {
 
     /// [`Gate::with_clock`], with revocation records from `source` instead of the auth
     /// origin's lookups (`None`: the auth origin). The JWKS still comes from the auth origin
-    /// (unless the keys are static); the feed, when the binary runs it, still feeds the cache.
+    /// (unless the keys are static); the feed, when the binary runs it, still feeds the cache
+    /// (see [`crate::edge::server`]).
     pub fn with_record_source(
         settings: &Settings,
         clock: SharedClock,
@@ -92,9 +96,9 @@ impl Gate {
             }
         }
         .with_clock(clock.clone());
-        let verifier = Verifier::new(&settings.token, Arc::new(keys))
-            .with_clock(clock.clone())
-            .with_metrics(metrics.clone());
+        let verifier = Verifier::new(&settings.token, Arc::new(keys)).with_clock(clock.clone());
+        let verified = (settings.token.verified_cache_entries > 0)
+            .then(|| VerifiedCache::new(settings.token.verified_cache_entries));
         let cache = EpochCache::with_clock(
             settings.cache.clone(),
             source,
@@ -104,14 +108,11 @@ impl Gate {
         Ok(Gate {
             sources: settings.token.sources.clone(),
             verifier,
+            verified,
             cache,
             on_origin_unavailable: settings.cache.on_origin_unavailable,
             metrics,
             origin,
-            feed_status: Arc::new(FeedStatus::with_clock(
-                settings.auth_origin.feed.enabled,
-                clock.clone(),
-            )),
             invalid_token_budget: settings
                 .limits
                 .invalid_tokens_per_client
@@ -120,11 +121,6 @@ impl Gate {
             routes: settings.routes.clone(),
             clock,
         })
-    }
-
-    /// The revocation feed's state (driven by [`crate::revocation::feed::FeedService`]).
-    pub fn feed_status(&self) -> &Arc<FeedStatus> {
-        &self.feed_status
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -165,7 +161,7 @@ impl Gate {
 
     /// Tokens held in the verified-token cache.
     pub fn verified_cache_len(&self) -> usize {
-        self.verifier.verified_cache_len()
+        self.verified.as_ref().map_or(0, VerifiedCache::len)
     }
 
     /// Decides about a request from its headers and target, and counts the decision as
@@ -251,12 +247,15 @@ impl Gate {
             retry_after = self.over_budget(client);
             retry_after.is_some()
         };
-        let (verified, last_record) = match self.verifier.verify_unless_refused(token, refuse).await
-        {
+        let (verified, last_record) = match self.verify_unless_refused(token, refuse).await {
             Ok(v) => (v.token, v.last_record),
-            Err(VerifyError::Invalid(why)) => return Decision::Reject(Reason::InvalidToken(why)),
-            Err(VerifyError::NoKeys) => return Decision::Reject(Reason::NotReady),
-            Err(VerifyError::Refused) => {
+            Err(Unverified::Failed(VerifyError::Invalid(why))) => {
+                return Decision::Reject(Reason::InvalidToken(why))
+            }
+            Err(Unverified::Failed(VerifyError::NoKeys)) => {
+                return Decision::Reject(Reason::NotReady)
+            }
+            Err(Unverified::Refused) => {
                 return Decision::Reject(Reason::TooManyInvalidTokens {
                     retry_after: retry_after.unwrap_or(1),
                 })
@@ -291,5 +290,91 @@ impl Gate {
             Standing::SignedOut => Decision::Reject(Reason::SignedOut),
             Standing::DeviceSignedOut => Decision::Reject(Reason::DeviceSignedOut),
         }
+    }
+
+    /// The token, from the verified-token cache when it was verified before against the key
+    /// set still in use, else verified now (and remembered). A token not remembered is
+    /// refused before anything about it is checked when `refuse` says so; `refuse` is asked
+    /// only then, at most once.
+    async fn verify_unless_refused(
+        &self,
+        token: &str,
+        refuse: impl FnOnce() -> bool,
+    ) -> Result<Verified, Unverified> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(Unverified::Failed(InvalidToken::TooLong.into()));
+        }
+        let Some(cache) = &self.verified else {
+            if refuse() {
+                return Err(Unverified::Refused);
+            }
+            // Boxed like the verification of a token not remembered yet, below.
+            let token = Box::pin(self.verifier.verify(token)).await?;
+            return Ok(Verified {
+                token,
+                last_record: None,
+            });
+        };
+        let key = TokenKey::of(token);
+        let known = cache
+            .get(&key, self.clock.unix_secs())
+            .filter(|hit| hit.key_generation == self.verifier.keys().generation());
+        self.metrics.count_verified_lookup(known.is_some());
+        if let Some(hit) = known {
+            return Ok(Verified {
+                token: hit.token,
+                last_record: Some(hit.last_record),
+            });
+        }
+        if refuse() {
+            return Err(Unverified::Refused);
+        }
+        // Boxed: its state (a possible JWKS fetch) would otherwise be part of every
+        // request's future, which a proxy hook allocates per request.
+        Box::pin(self.verify_and_remember(cache, key, token)).await
+    }
+
+    /// Verifies a token not remembered yet, and remembers it.
+    async fn verify_and_remember(
+        &self,
+        cache: &VerifiedCache,
+        key: TokenKey,
+        token: &str,
+    ) -> Result<Verified, Unverified> {
+        // Read before verifying: if the key set changes meanwhile, the entry counts as older
+        // than it and the token is verified again, never the other way round.
+        let key_generation = self.verifier.keys().generation();
+        let claims = self.verifier.verify(token).await?;
+        let last_record = Arc::new(LastRecord::default());
+        let remembered = Remembered {
+            token: claims.clone(),
+            key_generation,
+            last_record: last_record.clone(),
+        };
+        cache.insert(key, remembered, self.clock.unix_secs());
+        Ok(Verified {
+            token: claims,
+            last_record: Some(last_record),
+        })
+    }
+}
+
+/// A verified token and, when the verified-token cache holds it, the slot where the gate
+/// keeps the revocation record it was last judged by (see [`LastRecord`]).
+struct Verified {
+    token: VerifiedToken,
+    last_record: Option<Arc<LastRecord>>,
+}
+
+/// Why a token came out of the gate's verification step without claims.
+enum Unverified {
+    Failed(VerifyError),
+    /// Not checked: not remembered, and its client is over its invalid-token budget.
+    Refused,
+}
+
+impl From<VerifyError> for Unverified {
+    fn from(e: VerifyError) -> Self {
+        Unverified::Failed(e)
     }
 }

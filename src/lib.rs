@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod reference;
 pub mod request;
 pub mod revocation;
+pub mod throttled_log;
 
 pub use config::Settings;
 pub use gate::Gate;

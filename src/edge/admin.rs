@@ -9,6 +9,7 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 
 use crate::gate::Gate;
+use crate::revocation::feed::FeedStatus;
 
 /// What readiness depends on besides the keys.
 #[derive(Default)]
@@ -30,11 +31,16 @@ impl Readiness {
 pub struct AdminApp {
     gate: Arc<Gate>,
     readiness: Arc<Readiness>,
+    feed: Arc<FeedStatus>,
 }
 
 impl AdminApp {
-    pub fn new(gate: Arc<Gate>, readiness: Arc<Readiness>) -> Self {
-        AdminApp { gate, readiness }
+    pub fn new(gate: Arc<Gate>, readiness: Arc<Readiness>, feed: Arc<FeedStatus>) -> Self {
+        AdminApp {
+            gate,
+            readiness,
+            feed,
+        }
     }
 
     /// `(ready, body)` of `/readyz`.
@@ -53,7 +59,7 @@ impl AdminApp {
             "keys": keys,
             "proxy_listening": listening,
             "cached_accounts": self.gate.cache().entry_count().await,
-            "feed": self.gate.feed_status().state().as_str(),
+            "feed": self.feed.state().as_str(),
         });
         if let Some(reason) = reason {
             body["reason"] = reason.into();
@@ -87,7 +93,7 @@ impl ServeHttp for AdminApp {
                     .set(self.gate.verified_cache_len() as i64);
                 metrics
                     .feed_last_activity_age
-                    .set(self.gate.feed_status().last_activity_age().as_secs_f64());
+                    .set(self.feed.last_activity_age().as_secs_f64());
                 respond(200, "text/plain; version=0.0.4", metrics.encode())
             }
             "/healthz" => respond(200, "application/json", br#"{"status":"ok"}"#.to_vec()),

@@ -3,7 +3,11 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod admission;
+pub mod drain;
+pub mod forward;
 pub mod proxy;
 pub mod server;
 pub mod tls;
 pub mod upstream;
+pub mod watchdog;

@@ -1,18 +1,17 @@
 //! Assembling the Pingora server: proxy (plain and TLS listeners), upstream pool health
-//! checks, admin listener, key refresher, certificate reloader, listener watchdog.
+//! checks, admin listener, key refresher, revocation feed, certificate reloader, listen
+//! watchdog ([`crate::edge::watchdog`]), shutdown drain ([`crate::edge::drain`]).
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora::apps::http_app::HttpServer;
-use pingora::apps::{HttpServerOptions, ServerApp};
+use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
-use pingora::protocols::Stream;
 use pingora::protocols::ALPN;
-use pingora::proxy::{HttpProxy, ProxyHttp};
-use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::configuration::Opt;
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService, GenBackgroundService};
 use pingora::services::listening::Service;
@@ -20,14 +19,15 @@ use pingora::services::listening::Service;
 use crate::config::{FeedSettings, Settings};
 use crate::edge::access_log::{AccessLog, AccessLogError};
 use crate::edge::admin::{AdminApp, Readiness};
+use crate::edge::drain::grace_period;
+pub use crate::edge::drain::{draining_proxy_service, DrainOnShutdown};
 use crate::edge::proxy::EpochGateProxy;
 use crate::edge::tls::{CertReloader, CertStore};
 use crate::edge::upstream::{PoolService, UpstreamPool};
+use crate::edge::watchdog::ListenWatchdog;
+pub use crate::edge::watchdog::LISTEN_DEADLINE;
 use crate::gate::{Gate, GateError};
-use crate::revocation::feed::FeedService;
-
-/// How long the proxy listener may take to accept before the process gives up.
-pub const LISTEN_DEADLINE: Duration = Duration::from_secs(5);
+use crate::revocation::feed::{FeedService, FeedStatus};
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -126,9 +126,17 @@ pub fn build(settings: Settings, opt: Opt) -> Result<EdgeServer, StartError> {
         }
     }
 
+    let feed_status = Arc::new(FeedStatus::with_clock(
+        settings.auth_origin.feed.enabled,
+        gate.clock().clone(),
+    ));
     let mut admin_service = Service::new(
         "epochgate admin".to_string(),
-        HttpServer::new_app(AdminApp::new(gate.clone(), readiness.clone())),
+        HttpServer::new_app(AdminApp::new(
+            gate.clone(),
+            readiness.clone(),
+            feed_status.clone(),
+        )),
     );
     admin_service.add_tcp(&settings.admin_listen.to_string());
     admin_service.threads = Some(1);
@@ -148,7 +156,8 @@ pub fn build(settings: Settings, opt: Opt) -> Result<EdgeServer, StartError> {
     server.add_service(keys_service);
     if settings.auth_origin.feed.enabled {
         server.add_service(feed_service(
-            gate.clone(),
+            &gate,
+            feed_status,
             settings.auth_origin.feed.clone(),
         ));
     }
@@ -178,75 +187,6 @@ fn listener_tls(store: Arc<CertStore>, http2: bool) -> Result<TlsSettings, Start
     Ok(tls)
 }
 
-fn grace_period(conf: &ServerConf) -> Duration {
-    Duration::from_secs(
-        conf.grace_period_seconds
-            .unwrap_or(PINGORA_DEFAULT_GRACE_SECONDS),
-    )
-}
-
-/// Pingora's grace period when `grace_period_seconds` is not set (its `EXIT_TIMEOUT`).
-const PINGORA_DEFAULT_GRACE_SECONDS: u64 = 300;
-
-/// A proxy as a Pingora service whose idle keep-alive connections drain through the server's
-/// grace period (see [`DrainOnShutdown`]): use it where you would use Pingora's
-/// `http_proxy_service_with_name`.
-pub fn draining_proxy_service<SV>(
-    conf: &Arc<ServerConf>,
-    proxy: SV,
-    name: &str,
-) -> Service<DrainOnShutdown<HttpProxy<SV>>>
-where
-    SV: ProxyHttp + Send + Sync + 'static,
-    SV::CTX: Send + Sync,
-{
-    Service::new(
-        name.to_string(),
-        DrainOnShutdown::new(pingora::proxy::http_proxy(conf, proxy), grace_period(conf)),
-    )
-}
-
-/// Keeps a shutting-down proxy's idle keep-alive connections open for `drain` (the grace
-/// period) instead of closing them the moment the listeners stop.
-///
-/// Pingora closes idle keep-alive connections as soon as shutdown starts. A client that
-/// sent its next request on one of them at that instant sees the connection reset, and an
-/// HTTP client never retries a request it has already written: during a graceful upgrade
-/// that is a failed request. Kept open, the connection's next request is answered (with
-/// `Connection: close`, Pingora's shutdown behaviour), and the client's following request
-/// opens a connection the new process accepts. Connections still idle when the grace
-/// period ends are closed with the runtime.
-pub struct DrainOnShutdown<A> {
-    inner: Arc<A>,
-    drain: Duration,
-}
-
-impl<A> DrainOnShutdown<A> {
-    pub fn new(inner: A, drain: Duration) -> Self {
-        DrainOnShutdown {
-            inner: Arc::new(inner),
-            drain,
-        }
-    }
-}
-
-#[async_trait]
-impl<A: ServerApp + Send + Sync + 'static> ServerApp for DrainOnShutdown<A> {
-    async fn process_new(
-        self: &Arc<Self>,
-        session: Stream,
-        shutdown: &ShutdownWatch,
-    ) -> Option<Stream> {
-        self.inner.process_new(session, shutdown).await
-    }
-
-    /// Called once the listeners have stopped accepting.
-    async fn cleanup(&self) {
-        tokio::time::sleep(self.drain).await;
-        self.inner.cleanup().await;
-    }
-}
-
 /// Tries to load the JWKS before any listener exists, for up to `wait`. Failure is not fatal:
 /// the edge starts not ready and the key service keeps trying.
 fn preload_keys(gate: &Arc<Gate>, wait: Duration) {
@@ -274,13 +214,22 @@ pub fn key_refresh_service(gate: Arc<Gate>, every: Duration) -> GenBackgroundSer
     service
 }
 
-/// The background service that keeps a gate subscribed to the revocation feed; embedders
-/// add it to their server when `auth_origin.feed` is on.
-pub fn feed_service(gate: Arc<Gate>, settings: FeedSettings) -> GenBackgroundService<FeedService> {
-    let mut service = background_service(
-        "epochgate revocation feed",
-        FeedService::new(gate, settings),
+/// The background service that keeps a gate's epoch cache subscribed to the revocation feed,
+/// reporting its state in `status`; embedders add it to their server when
+/// `auth_origin.feed` is on.
+pub fn feed_service(
+    gate: &Gate,
+    status: Arc<FeedStatus>,
+    settings: FeedSettings,
+) -> GenBackgroundService<FeedService> {
+    let feed = FeedService::new(
+        gate.cache().clone(),
+        gate.origin().clone(),
+        gate.metrics().clone(),
+        status,
+        settings,
     );
+    let mut service = background_service("epochgate revocation feed", feed);
     service.threads = Some(1);
     service
 }
@@ -318,135 +267,5 @@ impl BackgroundService for KeyRefresher {
                 _ = shutdown.changed() => return,
             }
         }
-    }
-}
-
-/// Confirms the proxy accepts connections; exits the process when it does not within
-/// [`LISTEN_DEADLINE`], so no process lives on with a dead proxy and a healthy `/healthz`.
-struct ListenWatchdog {
-    addrs: Vec<SocketAddr>,
-    readiness: Arc<Readiness>,
-}
-
-#[async_trait]
-impl BackgroundService for ListenWatchdog {
-    async fn start(&self, _shutdown: ShutdownWatch) {
-        let deadline = Instant::now() + LISTEN_DEADLINE;
-        for addr in &self.addrs {
-            let probe = reachable(*addr);
-            let port = addr.port();
-            loop {
-                let ok = tokio::task::spawn_blocking(move || {
-                    // A connection alone could reach another process that took the port
-                    // between the bind check and Pingora's bind (Pingora then retries for
-                    // 30 s and gives up): the listener must also be ours.
-                    TcpStream::connect_timeout(&probe, Duration::from_millis(200)).is_ok()
-                        && listening_here(port) != Some(false)
-                })
-                .await
-                .unwrap_or(false);
-                if ok {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    log::error!(
-                        "proxy listener {addr} is not accepting connections after {LISTEN_DEADLINE:?}; exiting"
-                    );
-                    eprintln!("epochgate: cannot listen on {addr} (proxy.listen); exiting");
-                    std::process::exit(1);
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-        self.readiness.set_proxy_listening();
-    }
-}
-
-/// A wildcard listen address is probed on loopback.
-fn reachable(addr: SocketAddr) -> SocketAddr {
-    match addr {
-        SocketAddr::V4(v4) if v4.ip().is_unspecified() => {
-            SocketAddr::from(([127, 0, 0, 1], v4.port()))
-        }
-        SocketAddr::V6(v6) if v6.ip().is_unspecified() => {
-            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, v6.port()))
-        }
-        other => other,
-    }
-}
-
-/// Whether this process holds a listening TCP socket on `port`, read from Linux's /proc
-/// (the socket tables and this process's descriptors); `None` where /proc cannot tell.
-fn listening_here(port: u16) -> Option<bool> {
-    let mut listening = Vec::new();
-    let mut readable = false;
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(table) else {
-            continue;
-        };
-        readable = true;
-        // Columns: sl local_address rem_address st ... inode (10th); ports are hex, LISTEN is 0A.
-        for line in text.lines().skip(1) {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let local_port = fields
-                .get(1)
-                .and_then(|local| local.rsplit(':').next())
-                .and_then(|hex| u16::from_str_radix(hex, 16).ok());
-            if local_port == Some(port) && fields.get(3) == Some(&"0A") {
-                if let Some(inode) = fields.get(9) {
-                    listening.push(format!("socket:[{inode}]"));
-                }
-            }
-        }
-    }
-    if !readable {
-        return None;
-    }
-    let descriptors = std::fs::read_dir("/proc/self/fd").ok()?;
-    Some(descriptors.flatten().any(|fd| {
-        std::fs::read_link(fd.path())
-            .map(|target| listening.iter().any(|s| target.as_os_str() == s.as_str()))
-            .unwrap_or(false)
-    }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    #[cfg(target_os = "linux")]
-    fn a_listener_of_this_process_is_recognised() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        assert_eq!(listening_here(port), Some(true));
-        drop(listener);
-        assert_eq!(listening_here(port), Some(false));
-    }
-
-    #[test]
-    #[cfg(target_os = "linux")]
-    fn a_listener_of_another_process_is_not_ours() {
-        use std::io::BufRead;
-        let script = "import socket, time\n\
-            s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()\n\
-            print(s.getsockname()[1], flush=True); time.sleep(30)";
-        let mut other = std::process::Command::new("python3")
-            .args(["-c", script])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("python3 runs");
-        let mut line = String::new();
-        std::io::BufReader::new(other.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port: u16 = line.trim().parse().unwrap();
-        // The port answers, but the listener is not this process's.
-        let reachable = TcpStream::connect(("127.0.0.1", port)).is_ok();
-        let ours = listening_here(port);
-        let _ = other.kill();
-        let _ = other.wait();
-        assert!(reachable);
-        assert_eq!(ours, Some(false));
     }
 }

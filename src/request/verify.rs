@@ -10,12 +10,9 @@ use serde_json::Value;
 
 use crate::clock::{self, SharedClock};
 use crate::config::TokenSettings;
-use crate::metrics::Metrics;
 use crate::request::decision::InvalidToken;
 use crate::request::keys::KeyStore;
 use crate::request::token_source::MAX_TOKEN_BYTES;
-use crate::request::verified_cache::{Remembered, TokenKey, VerifiedCache};
-use crate::revocation::epoch_cache::LastRecord;
 
 /// What a valid token says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,21 +25,12 @@ pub struct VerifiedToken {
     pub expires_at: u64,
 }
 
-/// A verified token and, when the verified-token cache holds it, the slot where the gate
-/// keeps the revocation record it was last judged by (see [`LastRecord`]).
-pub struct Verified {
-    pub token: VerifiedToken,
-    pub last_record: Option<Arc<LastRecord>>,
-}
-
 /// Why verification did not produce a token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VerifyError {
     Invalid(InvalidToken),
     /// No keys loaded yet (JWKS not fetched): nothing can be verified.
     NoKeys,
-    /// Not checked: the token is not remembered, and the caller refused its verification.
-    Refused,
 }
 
 impl From<InvalidToken> for VerifyError {
@@ -54,8 +42,6 @@ impl From<InvalidToken> for VerifyError {
 /// Verifies tokens against a [`KeyStore`] with one prepared `Validation` per algorithm.
 pub struct Verifier {
     keys: Arc<KeyStore>,
-    /// Tokens already verified (see [`VerifiedCache`]). `None` when disabled.
-    verified: Option<VerifiedCache>,
     validations: HashMap<Algorithm, Validation>,
     account_claim: String,
     device_claim: String,
@@ -65,8 +51,6 @@ pub struct Verifier {
     max_lifetime_secs: Option<u64>,
     /// `exp` and the session time are compared with its wall-clock reading.
     clock: SharedClock,
-    /// Where verified-token cache hits and misses are counted, when set.
-    metrics: Option<Arc<Metrics>>,
 }
 
 impl Verifier {
@@ -100,11 +84,8 @@ impl Verifier {
                 (*alg, v)
             })
             .collect();
-        let verified = (settings.verified_cache_entries > 0)
-            .then(|| VerifiedCache::new(settings.verified_cache_entries));
         Verifier {
             keys,
-            verified,
             validations,
             account_claim: settings.account_claim.clone(),
             device_claim: settings.device_claim.clone(),
@@ -112,19 +93,7 @@ impl Verifier {
             leeway_secs: settings.leeway.as_secs(),
             max_lifetime_secs: settings.max_lifetime.map(|d| d.as_secs()),
             clock: clock::system(),
-            metrics: None,
         }
-    }
-
-    /// The same verifier, counting verified-token cache hits and misses in `metrics`.
-    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Verifier {
-        self.metrics = Some(metrics);
-        self
-    }
-
-    /// Tokens held in the verified-token cache (0 when it is off).
-    pub fn verified_cache_len(&self) -> usize {
-        self.verified.as_ref().map_or(0, VerifiedCache::len)
     }
 
     /// The same verifier, reading the time on `clock`.
@@ -137,84 +106,13 @@ impl Verifier {
         &self.keys
     }
 
-    /// Checks the token completely before anything else looks at its claims.
+    /// Checks the token completely (size, header, signature, claims) before anything else
+    /// looks at its claims.
     pub async fn verify(&self, token: &str) -> Result<VerifiedToken, VerifyError> {
-        self.verify_with_last_record(token).await.map(|v| v.token)
-    }
-
-    /// [`Verifier::verify`], with the slot of the record a remembered token was last judged by.
-    pub async fn verify_with_last_record(&self, token: &str) -> Result<Verified, VerifyError> {
-        self.verify_unless_refused(token, || false).await
-    }
-
-    /// [`Verifier::verify_with_last_record`], except that a token not remembered is refused
-    /// ([`VerifyError::Refused`]) before anything about it is checked when `refuse` says so.
-    /// `refuse` is asked only for a token not remembered, at most once.
-    pub async fn verify_unless_refused(
-        &self,
-        token: &str,
-        refuse: impl FnOnce() -> bool,
-    ) -> Result<Verified, VerifyError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(InvalidToken::TooLong.into());
         }
-        let Some(cache) = &self.verified else {
-            if refuse() {
-                return Err(VerifyError::Refused);
-            }
-            // Boxed like the verification of a token not remembered yet, below.
-            return Ok(Verified {
-                token: Box::pin(self.verify_signature_and_claims(token)).await?,
-                last_record: None,
-            });
-        };
-        let key = TokenKey::of(token);
-        let known = self.remembered(cache, &key);
-        if let Some(metrics) = &self.metrics {
-            metrics.count_verified_lookup(known.is_some());
-        }
-        if let Some(known) = known {
-            return Ok(known);
-        }
-        if refuse() {
-            return Err(VerifyError::Refused);
-        }
-        // Boxed: its state (a possible JWKS fetch) would otherwise be part of every
-        // request's future, which a proxy hook allocates per request.
-        Box::pin(self.verify_and_remember(cache, key, token)).await
-    }
-
-    /// Verifies a token not remembered yet, and remembers it.
-    async fn verify_and_remember(
-        &self,
-        cache: &VerifiedCache,
-        key: TokenKey,
-        token: &str,
-    ) -> Result<Verified, VerifyError> {
-        // Read before verifying: if the key set changes meanwhile, the entry counts as older
-        // than it and the token is verified again, never the other way round.
-        let key_generation = self.keys.generation();
-        let token_claims = self.verify_signature_and_claims(token).await?;
-        let last_record = Arc::new(LastRecord::default());
-        let remembered = Remembered {
-            token: token_claims.clone(),
-            key_generation,
-            last_record: last_record.clone(),
-        };
-        cache.insert(key, remembered, self.clock.unix_secs());
-        Ok(Verified {
-            token: token_claims,
-            last_record: Some(last_record),
-        })
-    }
-
-    /// A token verified before, against the key set still in use, and not yet expired.
-    fn remembered(&self, cache: &VerifiedCache, key: &TokenKey) -> Option<Verified> {
-        let hit = cache.get(key, self.clock.unix_secs())?;
-        (hit.key_generation == self.keys.generation()).then(|| Verified {
-            token: hit.token,
-            last_record: Some(hit.last_record),
-        })
+        self.verify_signature_and_claims(token).await
     }
 
     async fn verify_signature_and_claims(&self, token: &str) -> Result<VerifiedToken, VerifyError> {

@@ -12,6 +12,7 @@ use futures::future::{BoxFuture, FutureExt, Shared};
 use crate::clock::{self, SharedClock};
 use crate::config::CacheSettings;
 use crate::metrics::{CacheResult, Metrics};
+use crate::revocation::coverage::FeedCoverage;
 use crate::revocation::origin::OriginError;
 use crate::revocation::record_source::RecordSource;
 use crate::revocation::{RevocationRecord, Standing};
@@ -31,13 +32,13 @@ pub struct CachedRecord {
     devices: Option<Box<HashMap<String, u64>>>,
     /// When the origin (or the feed) last confirmed it, on the monotonic clock: for a fetch,
     /// when it was asked for, since its answer may predate its arrival.
-    confirmed_at_ms: u64,
+    pub(crate) confirmed_at_ms: u64,
     /// The last failed check or background refresh, on the monotonic clock (0: none).
     last_attempt_ms: AtomicU64,
     /// Set while a background refresh of this entry is running or waiting to retry.
     refresh_claimed: AtomicBool,
     /// Must be checked with the origin before its next use (the feed may have lost a change).
-    forced_due: AtomicBool,
+    pub(crate) forced_due: AtomicBool,
     /// No longer the cache's record for its account (replaced by a newer one, or evicted):
     /// a [`LastRecord`] holding it must look the account up again.
     superseded: AtomicBool,
@@ -98,67 +99,10 @@ pub enum Lookup {
 
 type Flight = Shared<BoxFuture<'static, Result<Arc<CachedRecord>, OriginError>>>;
 
-/// The epoch cache.
+/// The epoch cache (a handle: clones share the same cache).
+#[derive(Clone)]
 pub struct EpochCache {
     inner: Arc<Inner>,
-}
-
-/// What the revocation feed vouches for. While the feed is connected, a record confirmed
-/// after `covered_since` cannot have missed a sign-out, so it needs no periodic refresh.
-#[derive(Debug)]
-pub struct FeedCoverage {
-    connected: AtomicBool,
-    covered_since_ms: AtomicU64,
-    /// Records confirmed before this (a feed `reset`) are due for refresh whatever their age.
-    due_before_ms: AtomicU64,
-    clock: SharedClock,
-}
-
-impl FeedCoverage {
-    pub fn new(clock: SharedClock) -> FeedCoverage {
-        FeedCoverage {
-            connected: AtomicBool::new(false),
-            covered_since_ms: AtomicU64::new(0),
-            due_before_ms: AtomicU64::new(0),
-            clock,
-        }
-    }
-
-    /// The feed connected; `resumed` when it picked up where the last connection left off
-    /// (no gap), so records confirmed earlier stay covered.
-    pub fn connected(&self, resumed: bool) {
-        if !resumed {
-            self.covered_since_ms
-                .store(self.clock.monotonic_millis(), Ordering::Release);
-        }
-        self.connected.store(true, Ordering::Release);
-    }
-
-    pub fn disconnected(&self) {
-        self.connected.store(false, Ordering::Release);
-    }
-
-    /// The origin could not replay what we missed: nothing cached so far is vouched for.
-    pub fn reset(&self) {
-        self.reset_at(self.clock.monotonic_millis());
-    }
-
-    fn reset_at(&self, now_ms: u64) {
-        self.covered_since_ms.store(now_ms, Ordering::Release);
-        self.due_before_ms.store(now_ms, Ordering::Release);
-    }
-
-    // A record confirmed in the same millisecond as a reset or a fresh connection may come
-    // from before it: ties count as before (one more fetch, never a missed sign-out).
-    fn covers(&self, entry: &CachedRecord) -> bool {
-        self.connected.load(Ordering::Acquire)
-            && entry.confirmed_at_ms > self.covered_since_ms.load(Ordering::Acquire)
-    }
-
-    fn due(&self, entry: &CachedRecord) -> bool {
-        entry.forced_due.load(Ordering::Acquire)
-            || entry.confirmed_at_ms <= self.due_before_ms.load(Ordering::Acquire)
-    }
 }
 
 struct Inner {
@@ -449,177 +393,4 @@ impl Inner {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::clock::ManualClock;
-    use crate::config::OnOriginUnavailable;
-    use crate::metrics::{Endpoint, Outcome};
-
-    /// A cache whose origin refuses every connection: a lookup that reaches it is Unavailable.
-    fn cache_without_origin(max_accounts: u64) -> EpochCache {
-        cache_on_clock(max_accounts, clock::system()).0
-    }
-
-    fn cache_on_clock(max_accounts: u64, clock: SharedClock) -> (EpochCache, Arc<Metrics>) {
-        let metrics = Arc::new(Metrics::new());
-        let origin = crate::revocation::origin::unreachable_origin(metrics.clone());
-        let cache = EpochCache::with_clock(
-            CacheSettings {
-                max_accounts,
-                refresh_after: Duration::from_secs(30),
-                max_stale: Duration::from_secs(600),
-                on_origin_unavailable: OnOriginUnavailable::Deny,
-                max_devices_per_account: 1_000,
-            },
-            origin,
-            metrics.clone(),
-            clock,
-        );
-        (cache, metrics)
-    }
-
-    fn lookups_sent(metrics: &Metrics) -> u64 {
-        metrics.origin_requests(Endpoint::Revocations, Outcome::Error)
-    }
-
-    /// A record due for a check, whose check just failed (the origin is down).
-    async fn due_record_after_a_failed_check(cache: &EpochCache, metrics: &Metrics) {
-        cache.merge("alice", epoch(10)).await;
-        cache.mark_due("alice").await;
-        assert!(matches!(cache.lookup("alice").await, Lookup::Stale(_)));
-        assert_eq!(lookups_sent(metrics), 1);
-    }
-
-    #[tokio::test]
-    async fn retry_gate_is_not_reopened_by_a_wall_clock_step_forward() {
-        let clock = ManualClock::new();
-        let (cache, metrics) = cache_on_clock(100, clock.clone());
-        due_record_after_a_failed_check(&cache, &metrics).await;
-
-        clock.step_wall(3_600_000);
-        assert!(matches!(cache.lookup("alice").await, Lookup::Stale(_)));
-        assert_eq!(lookups_sent(&metrics), 1, "retried within REFRESH_RETRY");
-    }
-
-    #[tokio::test]
-    async fn retry_gate_is_not_stalled_by_a_wall_clock_step_back() {
-        let clock = ManualClock::new();
-        let (cache, metrics) = cache_on_clock(100, clock.clone());
-        due_record_after_a_failed_check(&cache, &metrics).await;
-
-        clock.step_wall(-3_600_000);
-        clock.advance(REFRESH_RETRY);
-        assert!(matches!(cache.lookup("alice").await, Lookup::Stale(_)));
-        assert_eq!(lookups_sent(&metrics), 2, "no retry after REFRESH_RETRY");
-    }
-
-    #[tokio::test]
-    async fn record_age_ignores_wall_clock_steps() {
-        let clock = ManualClock::new();
-        let (cache, _) = cache_on_clock(100, clock.clone());
-        cache.merge("alice", epoch(10)).await;
-        clock.step_wall(3_600_000);
-        assert!(matches!(cache.lookup("alice").await, Lookup::Fresh(_)));
-        clock.step_wall(-7_200_000);
-        clock.advance(Duration::from_secs(31));
-        assert!(matches!(cache.lookup("alice").await, Lookup::Stale(_)));
-    }
-
-    fn epoch(epoch: u64) -> RevocationRecord {
-        RevocationRecord {
-            epoch,
-            devices: HashMap::new(),
-        }
-    }
-
-    fn standing(found: &Lookup, session_time: u64) -> Option<Standing> {
-        match found {
-            Lookup::Fresh(entry) | Lookup::Stale(entry) => Some(entry.standing("tv", session_time)),
-            Lookup::Unavailable => None,
-        }
-    }
-
-    #[tokio::test]
-    async fn a_remembered_record_is_not_used_after_a_sign_out_replaced_it() {
-        let cache = cache_without_origin(100);
-        let last = LastRecord::default();
-        cache.merge("alice", epoch(10)).await;
-        let before = cache.lookup_from("alice", &last).await;
-        assert_eq!(standing(&before, 50), Some(Standing::Valid));
-
-        cache.merge("alice", epoch(100)).await;
-        let after = cache.lookup_from("alice", &last).await;
-        assert_eq!(standing(&after, 50), Some(Standing::SignedOut));
-    }
-
-    #[tokio::test]
-    async fn a_remembered_record_marked_due_is_checked_with_the_origin() {
-        let cache = cache_without_origin(100);
-        let last = LastRecord::default();
-        cache.merge("alice", epoch(10)).await;
-        assert!(matches!(
-            cache.lookup_from("alice", &last).await,
-            Lookup::Fresh(_)
-        ));
-
-        cache.mark_due("alice").await;
-        // The origin is down, so the check fails and the record is served as stale.
-        assert!(matches!(
-            cache.lookup_from("alice", &last).await,
-            Lookup::Stale(_)
-        ));
-    }
-
-    #[tokio::test]
-    async fn a_remembered_record_the_cache_dropped_is_not_used() {
-        let cache = cache_without_origin(1);
-        let (alice, bob) = (LastRecord::default(), LastRecord::default());
-        cache.merge("alice", epoch(10)).await;
-        assert!(matches!(
-            cache.lookup_from("alice", &alice).await,
-            Lookup::Fresh(_)
-        ));
-        cache.merge("bob", epoch(10)).await;
-        assert!(matches!(
-            cache.lookup_from("bob", &bob).await,
-            Lookup::Fresh(_)
-        ));
-        // Room for one account: one of the two records is dropped.
-        assert_eq!(cache.entry_count().await, 1);
-
-        let kept = cache.inner.cache.contains_key("alice");
-        let (dropped, remembered) = if kept {
-            ("bob", &bob)
-        } else {
-            ("alice", &alice)
-        };
-        // Judged by the remembered record it would be Fresh; looked up, it is gone and the
-        // origin is down.
-        assert!(matches!(
-            cache.lookup_from(dropped, remembered).await,
-            Lookup::Unavailable
-        ));
-    }
-
-    fn confirmed_at(ms: u64) -> CachedRecord {
-        CachedRecord::new(RevocationRecord::default(), ms)
-    }
-
-    #[test]
-    fn record_confirmed_in_the_same_millisecond_as_a_reset_is_due_and_not_covered() {
-        let coverage = FeedCoverage::new(clock::system());
-        coverage.connected(false);
-        coverage.reset_at(100);
-        assert!(coverage.due(&confirmed_at(100)));
-        assert!(!coverage.covers(&confirmed_at(100)));
-    }
-
-    #[test]
-    fn record_confirmed_after_a_reset_is_covered_and_not_due() {
-        let coverage = FeedCoverage::new(clock::system());
-        coverage.connected(false);
-        coverage.reset_at(100);
-        assert!(!coverage.due(&confirmed_at(101)));
-        assert!(coverage.covers(&confirmed_at(101)));
-    }
-}
+mod tests;

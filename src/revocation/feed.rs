@@ -1,5 +1,6 @@
 //! The revocation feed: a Server-Sent Events subscription to the auth origin that pushes
-//! sign-outs into the epoch cache as they happen, resuming with `Last-Event-ID`.
+//! sign-outs into the epoch cache as they happen, resuming with `Last-Event-ID`, and its
+//! status for the admin endpoints.
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -12,13 +13,11 @@ use serde::Deserialize;
 
 use crate::clock::{self, SharedClock};
 use crate::config::FeedSettings;
-use crate::gate::Gate;
-use crate::metrics::FeedEvent;
-use crate::revocation::origin::{FeedOpen, ThrottledLog};
+use crate::metrics::{FeedEvent, Metrics};
+use crate::revocation::epoch_cache::EpochCache;
+use crate::revocation::origin::{FeedOpen, OriginClient, ThrottledLog};
+use crate::revocation::sse::{SseItem, SseParser};
 use crate::revocation::RevocationRecord;
-
-/// Longest SSE line the edge buffers; a longer one is skipped (and its event counted malformed).
-pub const MAX_LINE_BYTES: usize = 1024 * 1024;
 
 /// What `/readyz` says about the feed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,144 +99,6 @@ impl FeedStatus {
 // SSE parsing (WHATWG EventSource), incremental and bounded
 // ---------------------------------------------------------------------------
 
-/// One dispatched event, or an event that could not be read.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SseItem {
-    Event {
-        kind: String,
-        data: String,
-    },
-    /// An event with a line longer than [`MAX_LINE_BYTES`] (skipped, not parsed).
-    Oversized,
-}
-
-/// Turns a byte stream into events; keeps the last event id for resuming.
-#[derive(Debug, Default)]
-pub struct SseParser {
-    line: Vec<u8>,
-    skip_lf: bool,
-    discarding: bool,
-    poisoned: bool,
-    kind: String,
-    data: String,
-    id_buffer: Option<String>,
-    last_event_id: Option<String>,
-    started: bool,
-}
-
-impl SseParser {
-    /// A parser for a new connection: nothing half-read carries over, only the id to resume from.
-    pub fn resuming(last_event_id: Option<String>) -> SseParser {
-        SseParser {
-            last_event_id,
-            ..SseParser::default()
-        }
-    }
-
-    pub fn last_event_id(&self) -> Option<&str> {
-        self.last_event_id.as_deref()
-    }
-
-    /// Feeds bytes; returns the events they complete.
-    pub fn push(&mut self, bytes: &[u8]) -> Vec<SseItem> {
-        let mut out = Vec::new();
-        for &b in bytes {
-            if self.skip_lf {
-                self.skip_lf = false;
-                if b == b'\n' {
-                    continue;
-                }
-            }
-            match b {
-                b'\r' | b'\n' => {
-                    self.skip_lf = b == b'\r';
-                    if self.discarding {
-                        self.discarding = false;
-                    } else {
-                        let line = std::mem::take(&mut self.line);
-                        self.line_done(&line, &mut out);
-                    }
-                }
-                _ if self.discarding => {}
-                _ => {
-                    if self.line.len() >= MAX_LINE_BYTES {
-                        self.line.clear();
-                        self.discarding = true;
-                        self.poisoned = true;
-                    } else {
-                        self.line.push(b);
-                    }
-                }
-            }
-        }
-        out
-    }
-
-    fn line_done(&mut self, line: &[u8], out: &mut Vec<SseItem>) {
-        // A UTF-8 byte-order mark may open the stream; it is not part of the first line.
-        let line = if !self.started {
-            self.started = true;
-            line.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(line)
-        } else {
-            line
-        };
-        if line.is_empty() {
-            self.dispatch(out);
-            return;
-        }
-        if line[0] == b':' {
-            return;
-        }
-        let text = String::from_utf8_lossy(line);
-        let (field, value) = match text.split_once(':') {
-            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
-            None => (text.as_ref(), ""),
-        };
-        match field {
-            "event" => self.kind = value.to_string(),
-            "data" => {
-                if self.data.len() + value.len() > MAX_LINE_BYTES {
-                    self.poisoned = true;
-                } else {
-                    self.data.push_str(value);
-                    self.data.push('\n');
-                }
-            }
-            // An empty id clears the last event id (nothing to resume from).
-            "id" if !value.contains('\0') => self.id_buffer = Some(value.to_string()),
-            _ => {}
-        }
-    }
-
-    fn dispatch(&mut self, out: &mut Vec<SseItem>) {
-        if let Some(id) = &self.id_buffer {
-            self.last_event_id = (!id.is_empty()).then(|| id.clone());
-        }
-        let kind = std::mem::take(&mut self.kind);
-        let mut data = std::mem::take(&mut self.data);
-        if std::mem::take(&mut self.poisoned) {
-            out.push(SseItem::Oversized);
-            return;
-        }
-        if data.is_empty() {
-            return;
-        }
-        data.pop();
-        out.push(SseItem::Event {
-            kind: if kind.is_empty() {
-                "message".into()
-            } else {
-                kind
-            },
-            data,
-        });
-    }
-}
-
-// ---------------------------------------------------------------------------
-// The subscription
-// ---------------------------------------------------------------------------
-
 /// `data` of a `revocation` event.
 #[derive(Debug, Deserialize)]
 struct RevocationEvent {
@@ -251,28 +112,42 @@ struct RevocationEvent {
 
 /// The background service that keeps the feed connected.
 pub struct FeedService {
-    gate: Arc<Gate>,
+    /// Where pushed records go, and what the feed vouches for.
+    cache: EpochCache,
+    origin: Arc<OriginClient>,
+    metrics: Arc<Metrics>,
+    /// Shared with the admin endpoints.
+    status: Arc<FeedStatus>,
     settings: FeedSettings,
     log: ThrottledLog,
 }
 
 impl FeedService {
-    pub fn new(gate: Arc<Gate>, settings: FeedSettings) -> FeedService {
+    pub fn new(
+        cache: EpochCache,
+        origin: Arc<OriginClient>,
+        metrics: Arc<Metrics>,
+        status: Arc<FeedStatus>,
+        settings: FeedSettings,
+    ) -> FeedService {
         FeedService {
-            gate,
+            cache,
+            origin,
+            metrics,
+            status,
             settings,
             log: ThrottledLog::new(),
         }
     }
 
     /// Applies one dispatched item to the cache and counts it.
-    pub async fn apply(gate: &Gate, item: SseItem) {
-        let metrics = gate.metrics();
+    pub async fn apply(&self, item: SseItem) {
+        let metrics = &self.metrics;
         let (kind, data) = match item {
             SseItem::Oversized => {
                 metrics.count_feed_event(FeedEvent::Malformed);
                 // Unreadable, so possibly a lost sign-out for an account we cannot name.
-                gate.cache().coverage().reset();
+                self.cache.coverage().reset();
                 return;
             }
             SseItem::Event { kind, data } => (kind, data),
@@ -284,10 +159,10 @@ impl FeedService {
                 // checked with the origin, as for any event that cannot be used.
                 Ok(event)
                     if !event.account_id.is_empty()
-                        && event.devices.len() > gate.origin().max_devices_per_account() =>
+                        && event.devices.len() > self.origin.max_devices_per_account() =>
                 {
                     metrics.count_feed_event(FeedEvent::Malformed);
-                    gate.cache().mark_due(&event.account_id).await;
+                    self.cache.mark_due(&event.account_id).await;
                 }
                 Ok(event) if !event.account_id.is_empty() => {
                     metrics.count_feed_event(FeedEvent::Revocation);
@@ -299,16 +174,16 @@ impl FeedService {
                         epoch: event.epoch,
                         devices: event.devices,
                     };
-                    gate.cache().apply_pushed(&event.account_id, record).await;
+                    self.cache.apply_pushed(&event.account_id, record).await;
                 }
                 _ => {
                     metrics.count_feed_event(FeedEvent::Malformed);
-                    FeedService::distrust_after_malformed(gate, &data).await;
+                    self.distrust_after_malformed(&data).await;
                 }
             },
             "reset" => {
                 metrics.count_feed_event(FeedEvent::Reset);
-                gate.cache().coverage().reset();
+                self.cache.coverage().reset();
             }
             // Unknown event types are for other consumers of the stream.
             _ => {}
@@ -318,7 +193,7 @@ impl FeedService {
     /// A revocation we could not read may have been a sign-out, and its id is behind us now
     /// (it will not be replayed). Its account, when it can be told, must be checked with the
     /// origin before its next use; when it cannot, every cached record must.
-    async fn distrust_after_malformed(gate: &Gate, data: &str) {
+    async fn distrust_after_malformed(&self, data: &str) {
         let account = serde_json::from_str::<serde_json::Value>(data)
             .ok()
             .and_then(|v| {
@@ -328,8 +203,8 @@ impl FeedService {
             })
             .filter(|a| !a.is_empty());
         match account {
-            Some(account) => gate.cache().mark_due(&account).await,
-            None => gate.cache().coverage().reset(),
+            Some(account) => self.cache.mark_due(&account).await,
+            None => self.cache.coverage().reset(),
         }
     }
 
@@ -339,25 +214,25 @@ impl FeedService {
         parser: &mut SseParser,
         shutdown: &mut ShutdownWatch,
     ) -> Result<Connection, String> {
-        let status = self.gate.feed_status();
+        let status = &self.status;
         let resumed = parser.last_event_id().is_some();
-        let response = match self.gate.origin().open_feed(parser.last_event_id()).await {
+        let response = match self.origin.open_feed(parser.last_event_id()).await {
             Ok(FeedOpen::Stream(response)) => response,
             Ok(FeedOpen::NotOffered) => return Ok(Connection::Unsupported),
             Err(e) => return Err(e.to_string()),
         };
         status.set(FeedState::Connected);
         status.touch();
-        self.gate.metrics().feed_connected.set(1);
-        self.gate.cache().coverage().connected(resumed);
+        self.metrics.feed_connected.set(1);
+        self.cache.coverage().connected(resumed);
         log::info!(
             "revocation feed connected{}",
             if resumed { " (resuming)" } else { "" }
         );
         let result = self.read_stream(response, parser, shutdown).await;
         status.set(FeedState::Connecting);
-        self.gate.metrics().feed_connected.set(0);
-        self.gate.cache().coverage().disconnected();
+        self.metrics.feed_connected.set(0);
+        self.cache.coverage().disconnected();
         result.map(|()| Connection::Ended)
     }
 
@@ -383,9 +258,9 @@ impl FeedService {
                 Ok(Ok(None)) => return Err("the origin closed the stream".into()),
                 Ok(Ok(Some(bytes))) => bytes,
             };
-            self.gate.feed_status().touch();
+            self.status.touch();
             for item in parser.push(&bytes) {
-                FeedService::apply(&self.gate, item).await;
+                self.apply(item).await;
             }
         }
     }
@@ -409,7 +284,7 @@ fn jittered(d: Duration) -> Duration {
 #[async_trait]
 impl BackgroundService for FeedService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let status = self.gate.feed_status();
+        let status = &self.status;
         let mut parser = SseParser::default();
         let mut backoff = FIRST_BACKOFF;
         let mut attempts: u64 = 0;
@@ -419,10 +294,10 @@ impl BackgroundService for FeedService {
                 return;
             }
             if attempts > 0 && status.state() != FeedState::Unsupported {
-                self.gate.metrics().feed_reconnects.inc();
+                self.metrics.feed_reconnects.inc();
             }
             attempts += 1;
-            parser = SseParser::resuming(parser.last_event_id.take());
+            parser = SseParser::resuming(parser.last_event_id().map(str::to_string));
             let started = Instant::now();
             let wait = match self.run_connection(&mut parser, &mut shutdown).await {
                 Ok(Connection::Unsupported) => {
@@ -474,81 +349,5 @@ mod tests {
         clock.advance(Duration::from_secs(5));
         clock.step_wall(-7_200_000);
         assert_eq!(status.last_activity_age(), Duration::from_secs(5));
-    }
-
-    fn event(kind: &str, data: &str) -> SseItem {
-        SseItem::Event {
-            kind: kind.into(),
-            data: data.into(),
-        }
-    }
-
-    #[test]
-    fn events_are_split_on_blank_lines_across_chunks() {
-        let mut p = SseParser::default();
-        assert!(p.push(b"event: revocation\nid: 7\nda").is_empty());
-        assert_eq!(
-            p.push(b"ta: {\"a\":1}\n\n"),
-            vec![event("revocation", "{\"a\":1}")]
-        );
-        assert_eq!(p.last_event_id(), Some("7"));
-    }
-
-    #[test]
-    fn comments_are_ignored_and_crlf_is_a_line_end() {
-        let mut p = SseParser::default();
-        assert_eq!(
-            p.push(b": ping\r\n\r\ndata: x\r\ndata: y\r\n\r\n"),
-            vec![event("message", "x\ny")]
-        );
-    }
-
-    #[test]
-    fn a_new_connection_keeps_only_the_id_to_resume_from() {
-        let mut p = SseParser::default();
-        p.push(b"id: 9\ndata: x\n\nevent: revocation\ndata: half");
-        let mut next = SseParser::resuming(p.last_event_id().map(str::to_string));
-        assert_eq!(next.last_event_id(), Some("9"));
-        assert_eq!(next.push(b"data: y\n\n"), vec![event("message", "y")]);
-    }
-
-    #[test]
-    fn a_leading_byte_order_mark_is_ignored() {
-        let mut p = SseParser::default();
-        assert_eq!(
-            p.push(b"\xEF\xBB\xBFevent: reset\ndata: {}\n\n"),
-            vec![event("reset", "{}")]
-        );
-    }
-
-    #[test]
-    fn an_empty_id_clears_the_last_event_id() {
-        let mut p = SseParser::default();
-        p.push(b"id: 5\ndata: x\n\n");
-        assert_eq!(p.last_event_id(), Some("5"));
-        p.push(b"id:\ndata: y\n\n");
-        assert_eq!(p.last_event_id(), None);
-    }
-
-    #[test]
-    fn an_event_without_data_is_not_dispatched() {
-        let mut p = SseParser::default();
-        assert!(p.push(b"event: reset\n\n").is_empty());
-        assert_eq!(
-            p.push(b"event: reset\ndata: {}\n\n"),
-            vec![event("reset", "{}")]
-        );
-    }
-
-    #[test]
-    fn an_oversized_line_is_skipped_and_the_stream_goes_on() {
-        let mut p = SseParser::default();
-        let mut input = b"event: revocation\ndata: ".to_vec();
-        input.extend(std::iter::repeat_n(b'x', MAX_LINE_BYTES + 10));
-        input.extend_from_slice(b"\n\nevent: revocation\ndata: ok\n\n");
-        assert_eq!(
-            p.push(&input),
-            vec![SseItem::Oversized, event("revocation", "ok")]
-        );
     }
 }

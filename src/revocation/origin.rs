@@ -2,7 +2,6 @@
 //! the JWKS, with limits, outcome metrics and rate-limited error logs. It follows no
 //! redirects: a `3xx` is an error.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,10 +10,10 @@ use prometheus::IntGauge;
 use serde::Deserialize;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
-use crate::clock::{self, SharedClock};
 use crate::config::AuthOriginSettings;
 use crate::metrics::{Endpoint, Metrics, Outcome};
 use crate::revocation::RevocationRecord;
+pub use crate::throttled_log::{ThrottledLog, LOG_INTERVAL};
 
 /// Largest body the edge reads from the auth origin.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -328,62 +327,6 @@ fn is_event_stream(response: &reqwest::Response) -> bool {
         })
 }
 
-/// A warning that is written at most once per interval, with a count of what it held back:
-/// an origin outage must not turn into one log line per request. The interval is measured on
-/// the monotonic clock.
-pub struct ThrottledLog {
-    last_ms: AtomicU64,
-    suppressed: AtomicU64,
-    clock: SharedClock,
-}
-
-/// How often a repeating warning is written.
-pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
-
-impl ThrottledLog {
-    pub fn new() -> Self {
-        ThrottledLog::with_clock(clock::system())
-    }
-
-    pub fn with_clock(clock: SharedClock) -> Self {
-        ThrottledLog {
-            last_ms: AtomicU64::new(0),
-            suppressed: AtomicU64::new(0),
-            clock,
-        }
-    }
-
-    pub fn warn(&self, message: std::fmt::Arguments<'_>) {
-        if self.may_write() {
-            let held_back = self.suppressed.swap(0, Ordering::Relaxed);
-            if held_back > 0 {
-                log::warn!("{message} ({held_back} more like this in the last interval)");
-            } else {
-                log::warn!("{message}");
-            }
-        } else {
-            self.suppressed.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// Claims this interval's line, if nobody has yet.
-    fn may_write(&self) -> bool {
-        let now = self.clock.monotonic_millis();
-        let last = self.last_ms.load(Ordering::Relaxed);
-        !clock::within(last, now, LOG_INTERVAL)
-            && self
-                .last_ms
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-    }
-}
-
-impl Default for ThrottledLog {
-    fn default() -> Self {
-        ThrottledLog::new()
-    }
-}
-
 /// A client of an auth origin that refuses every connection (for unit tests).
 #[cfg(test)]
 pub(crate) fn unreachable_origin(metrics: Arc<Metrics>) -> Arc<OriginClient> {
@@ -399,29 +342,4 @@ pub(crate) fn unreachable_origin(metrics: Arc<Metrics>) -> Arc<OriginClient> {
         max_concurrent_lookups: 64,
     };
     Arc::new(OriginClient::new(&settings, metrics).expect("client for a fixed URL"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::clock::ManualClock;
-
-    #[test]
-    fn throttled_log_is_not_reopened_by_a_wall_clock_step_forward() {
-        let clock = ManualClock::new();
-        let log = ThrottledLog::with_clock(clock.clone());
-        assert!(log.may_write());
-        clock.step_wall(3_600_000);
-        assert!(!log.may_write());
-    }
-
-    #[test]
-    fn throttled_log_is_not_stalled_by_a_wall_clock_step_back() {
-        let clock = ManualClock::new();
-        let log = ThrottledLog::with_clock(clock.clone());
-        assert!(log.may_write());
-        clock.step_wall(-3_600_000);
-        clock.advance(LOG_INTERVAL);
-        assert!(log.may_write());
-    }
 }

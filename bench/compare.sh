@@ -116,23 +116,12 @@ measure() { # case-name run url tokens [proxy-pid: also report its CPU time per 
   RESULTS[$name]+="$rps/$p50/$p99 "
 }
 
-edge_config() { # port admin auth-port algorithm [extra-yaml] [tls]
-  local tls=""
-  [ -n "${6:-}" ] && tls=", tls: { cert_file: \"$work/tls.pem\", key_file: \"$work/tls.key\" }"
-  cat <<EOF
-server: { threads: 1, pid_file: $work/edge-$1.pid, upgrade_sock: $work/edge-$1.sock, grace_period_seconds: 0 }
-proxy: { listen: ["127.0.0.1:$1"], upstream: { peers: ["127.0.0.1:$UPSTREAM"] }$tls }
-admin: { listen: "127.0.0.1:$2" }
-auth_origin: { url: "http://127.0.0.1:$3", timeout: 1s }
-token: { algorithms: [$4], issuer: "$ISSUER", audience: "$AUDIENCE" }
-cache: { refresh_after: 30s, max_stale: 10m }
-${5:-}
-EOF
-}
 # Starts an edge in the background; sets EDGE and EDGE_PID.
 start_edge() { # name auth-port algorithm [extra-yaml] [tls]
-  local admin; EDGE=$(free_port); admin=$(free_port)
-  edge_config "$EDGE" "$admin" "$2" "$3" "${4:-}" "${5:-}" > "$work/$1.yaml"
+  local admin tls=""; EDGE=$(free_port); admin=$(free_port)
+  [ -n "${5:-}" ] && tls="tls: { cert_file: \"$work/tls.pem\", key_file: \"$work/tls.key\" }"
+  EDGE_PROXY_EXTRA=$tls EDGE_ORIGIN_EXTRA="timeout: 1s" bench_edge_yaml "$1" "$EDGE" "$admin" "$2" "$UPSTREAM" "$3" \
+    "cache: { refresh_after: 30s, max_stale: 10m }" "${4:-}" > "$work/$1.yaml"
   RUST_LOG=warn "${PROXY_PIN[@]}" target/release/epochgate -c "$work/$1.yaml" > "$work/$1.log" 2>&1 & pids+=($!)
   EDGE_PID=$!
   wait_http "http://127.0.0.1:$admin/readyz"

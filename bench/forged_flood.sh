@@ -58,27 +58,8 @@ awk -F. '{ head[NR] = $1 "." $2; sig[NR] = $3 }
 # Starts an edge with the given `limits:` value; sets EDGE_PID and EDGE_PORT.
 start_edge() { # budget
   EDGE_PORT=$(free_port); local admin; admin=$(free_port)
-  cat >"$work/edge.yaml" <<EOF
-server:
-  threads: 1
-  pid_file: $work/edge.pid
-  upgrade_sock: $work/upgrade.sock
-  grace_period_seconds: 0
-  graceful_shutdown_timeout_seconds: 1
-proxy:
-  listen: ["127.0.0.1:$EDGE_PORT"]
-  upstream: { peers: ["127.0.0.1:$UPSTREAM_PORT"] }
-admin:
-  listen: "127.0.0.1:$admin"
-auth_origin:
-  url: "http://127.0.0.1:$AUTH_PORT"
-token:
-  algorithms: [ES256]
-  issuer: "$ISSUER"
-  audience: "$AUDIENCE"
-limits:
-  invalid_tokens_per_client: $1
-EOF
+  bench_edge_yaml edge "$EDGE_PORT" "$admin" "$AUTH_PORT" "$UPSTREAM_PORT" ES256 \
+    "limits: { invalid_tokens_per_client: $1 }" >"$work/edge.yaml"
   RUST_LOG=warn "${EDGE_PIN[@]}" "$work/epochgate" -c "$work/edge.yaml" >"$work/edge.log" 2>&1 &
   EDGE_PID=$!; pids+=("$EDGE_PID")
   wait_http "http://127.0.0.1:$admin/readyz"

@@ -39,7 +39,7 @@ AUDIENCE=streaming-edge
 
 LOG_TAG=instructions
 # shellcheck source=../scripts/lib.sh
-. scripts/lib.sh # log, apt_wanted, die, free_port, wait_http, bench_workdir, start_static_upstream
+. scripts/lib.sh # log, apt_wanted, die, free_port, wait_http, bench_workdir, start_static_upstream, bench_edge_yaml
 
 apt_wanted valgrind:valgrind wrk:wrk nginx:nginx curl:curl
 log "building (release)"
@@ -124,14 +124,8 @@ PASS=$(free_port)
 measure passthrough "$PASS" target/release/examples/passthrough "127.0.0.1:$PASS" "127.0.0.1:$UPSTREAM" 1
 
 EDGE=$(free_port)
-cat > "$work/edge.yaml" <<EOF
-server: { threads: 1, pid_file: $work/edge.pid, upgrade_sock: $work/edge.sock, grace_period_seconds: 0 }
-proxy: { listen: ["127.0.0.1:$EDGE"], upstream: { peers: ["127.0.0.1:$UPSTREAM"] } }
-admin: { listen: "127.0.0.1:$(free_port)" }
-auth_origin: { url: "http://127.0.0.1:$AUTH", timeout: 1s }
-token: { algorithms: [ES256], issuer: "$ISSUER", audience: "$AUDIENCE" }
-cache: { refresh_after: 30m, max_stale: 60m }
-EOF
+EDGE_ORIGIN_EXTRA="timeout: 1s" bench_edge_yaml edge "$EDGE" "$(free_port)" "$AUTH" "$UPSTREAM" ES256 \
+  "cache: { refresh_after: 30m, max_stale: 60m }" > "$work/edge.yaml"
 RUST_LOG=warn measure epochgate "$EDGE" "$EPOCHGATE_BIN" -c "$work/edge.yaml"
 
 awk -v g="${IR_PER_REQUEST[epochgate]}" -v p="${IR_PER_REQUEST[passthrough]}" 'BEGIN {

@@ -50,7 +50,7 @@ FD_GROWTH_LIMIT=16
 
 LOG_TAG=soak
 # shellcheck source=../scripts/lib.sh
-. scripts/lib.sh # log, apt_wanted, die
+. scripts/lib.sh # log, apt_wanted, die, bench_edge_yaml
 
 [[ "$DURATION" =~ ^[1-9][0-9]*$ ]] && [ "$DURATION" -ge 15 ] \
   || die "DURATION must be a whole number of seconds, at least 15, not '$DURATION'"
@@ -141,29 +141,8 @@ for _ in $(seq 600); do
 done
 grep -qx ready "$work/origins.out" || die "bench_origins not ready after 60 s"
 
-cat >"$work/epochgate.yaml" <<EOF
-server:
-  threads: 1
-  pid_file: $work/edge.pid
-  upgrade_sock: $work/upgrade.sock
-  grace_period_seconds: 0
-  graceful_shutdown_timeout_seconds: 1
-proxy:
-  listen: ["127.0.0.1:$PROXY_PORT"]
-  upstream: { peers: ["127.0.0.1:$UPSTREAM_PORT"] }
-admin:
-  listen: "127.0.0.1:$ADMIN_PORT"
-auth_origin:
-  url: "http://127.0.0.1:$AUTH_PORT"
-  feed: true
-token:
-  algorithms: [ES256]
-  issuer: "$ISSUER"
-  audience: "$AUDIENCE"
-cache:
-  refresh_after: 30s
-  max_stale: 10m
-EOF
+EDGE_ORIGIN_EXTRA="feed: true" bench_edge_yaml edge "$PROXY_PORT" "$ADMIN_PORT" "$AUTH_PORT" "$UPSTREAM_PORT" ES256 \
+  "cache: { refresh_after: 30s, max_stale: 10m }" >"$work/epochgate.yaml"
 
 log "starting the edge (proxy 127.0.0.1:$PROXY_PORT, admin 127.0.0.1:$ADMIN_PORT; $placement)"
 RUST_LOG=${RUST_LOG:-warn} "${EDGE_PIN[@]}" "$work/epochgate" -c "$work/epochgate.yaml" \

@@ -9,16 +9,17 @@
 //! ```
 //! Environment: `ACCOUNTS` (10000), `SIGNOUTS_FEED` (200), `SIGNOUTS_POLL` (40).
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{Edge, EdgeConfig, AUDIENCE, ISSUER};
 use epochgate::reference::auth_origin::AuthOrigin;
 
-const ISSUER: &str = "https://auth.bench";
-const AUDIENCE: &str = "streaming-edge";
 /// Background load: this many loops, each sending one request then pausing this long.
 const LOAD_LOOPS: usize = 4;
 const LOAD_PAUSE: Duration = Duration::from_millis(2);
@@ -30,92 +31,20 @@ fn env_or(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct EdgeProcess {
-    child: Child,
-    proxy: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for EdgeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn start_edge(
-    origin: &str,
-    upstream: SocketAddr,
-    feed: bool,
-    refresh_after: &str,
-) -> EdgeProcess {
-    let dir = tempfile::tempdir().unwrap();
-    let (proxy, admin) = (free_port(), free_port());
-    let config = format!(
-        r#"server:
-  threads: 1
-  pid_file: {d}/edge.pid
-  upgrade_sock: {d}/upgrade.sock
-  grace_period_seconds: 0
-proxy:
-  listen: ["127.0.0.1:{proxy}"]
-  upstream: {{ peers: ["{upstream}"] }}
-admin:
-  listen: "127.0.0.1:{admin}"
-auth_origin:
-  url: "{origin}"
-  timeout: 1s
-  feed: {feed}
-token:
-  algorithms: [ES256]
-  issuer: "{ISSUER}"
-  audience: "{AUDIENCE}"
-cache:
-  refresh_after: {refresh_after}
-  max_stale: 10m
-"#,
-        d = dir.path().display()
-    );
-    let path = dir.path().join("epochgate.yaml");
-    std::fs::write(&path, config).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_epochgate"))
-        .arg("-c")
-        .arg(&path)
+/// A ready edge on one thread, its feed connected (or disabled, polling only).
+async fn start_edge(origin: &str, upstream: SocketAddr, feed: bool, refresh_after: &str) -> Edge {
+    let edge = EdgeConfig::to(origin, upstream)
+        .threads(1)
+        .origin_timeout("1s")
+        .feed(feed)
+        .algorithms(&["ES256"])
+        .refresh_after(refresh_after)
         .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("run epochgate");
-    let ready = format!("http://127.0.0.1:{admin}/readyz");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let body: Option<serde_json::Value> = match reqwest::get(&ready).await {
-            Ok(r) => r.json().await.ok(),
-            Err(_) => None,
-        };
-        let want_feed = if feed { "connected" } else { "disabled" };
-        if body
-            .as_ref()
-            .is_some_and(|b| b["ready"] == true && b["feed"] == want_feed)
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "edge not ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    EdgeProcess {
-        child,
-        proxy: SocketAddr::from(([127, 0, 0, 1], proxy)),
-        _dir: dir,
-    }
+        .spawn();
+    edge.wait_ready().await;
+    edge.wait_feed(if feed { "connected" } else { "disabled" })
+        .await;
+    edge
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

@@ -18,7 +18,7 @@ mod common;
 use std::time::Duration;
 
 use common::restart_load::{account_tokens, restart_under_load};
-use common::{Edge, Mode, TestOrigin, Upstream, DEFAULT_CACHE};
+use common::{EdgeConfig, Mode, TestOrigin, Upstream};
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -54,14 +54,10 @@ fn main() {
             let origin = TestOrigin::start().await;
             origin.set_mode(Mode::Slow(delay));
             let upstream = Upstream::start().await;
-            let mut edge = Edge::spawn_full(
-                &origin.url(),
-                &format!("  max_concurrent_lookups: {limit}"),
-                upstream.addr,
-                DEFAULT_CACHE,
-                "",
-            );
-            edge.wait_ready().await;
+            let mut edge = EdgeConfig::new(&origin, &upstream)
+                .max_concurrent_lookups(limit)
+                .start()
+                .await;
             let tokens = account_tokens(&origin, accounts);
             let run = restart_under_load(&origin, &mut edge, tokens, clients).await;
             println!(

@@ -66,3 +66,21 @@ EOF
   "$@" nginx -c "$work/upstream.conf" -p "$work" & pids+=($!)
   wait_http "http://127.0.0.1:$UPSTREAM/"
 }
+
+# The config of an edge under a bench, to stdout: one thread, loopback only, no grace period,
+# the bench tokens' issuer and audience ($ISSUER, $AUDIENCE). Entries added inside `proxy:`
+# and `auth_origin:` come from $EDGE_PROXY_EXTRA and $EDGE_ORIGIN_EXTRA (YAML flow-map
+# entries, e.g. `EDGE_ORIGIN_EXTRA="timeout: 1s" bench_edge_yaml ...`); the arguments after
+# the algorithm are further top-level lines (e.g. `cache: { refresh_after: 30s }`).
+bench_edge_yaml() { # name proxy-port admin-port auth-port upstream-port algorithm [yaml-line...]
+  local name=$1 proxy=$2 admin=$3 auth=$4 upstream=$5 algorithm=$6
+  shift 6
+  cat <<YAML
+server: { threads: 1, pid_file: $work/$name.pid, upgrade_sock: $work/$name.sock, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 1 }
+proxy: { listen: ["127.0.0.1:$proxy"], upstream: { peers: ["127.0.0.1:$upstream"] }${EDGE_PROXY_EXTRA:+, $EDGE_PROXY_EXTRA} }
+admin: { listen: "127.0.0.1:$admin" }
+auth_origin: { url: "http://127.0.0.1:$auth"${EDGE_ORIGIN_EXTRA:+, $EDGE_ORIGIN_EXTRA} }
+token: { algorithms: [$algorithm], issuer: "$ISSUER", audience: "$AUDIENCE" }
+YAML
+  [ $# -eq 0 ] || printf '%s\n' "$@"
+}

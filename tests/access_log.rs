@@ -8,30 +8,15 @@ use std::time::Duration;
 use common::*;
 use serde_json::Value;
 
-fn access_log_config(sample_allowed: &str) -> String {
-    format!(
-        "access_log:\n  enabled: true\n  path: ACCESS_LOG\n  sample_allowed: {sample_allowed}\n{}",
-        "routes:\n  - { prefix: /public/, mode: off }\n  - { prefix: /vod/, mode: observe }\n"
-    )
-}
-
-async fn edge_with_log(origin: &TestOrigin, upstream: &Upstream, sample_allowed: &str) -> Edge {
-    let dir = tempfile::tempdir().unwrap();
-    let (proxy, admin) = (free_port(), free_port());
-    let log = dir.path().join("access.log");
-    let edge = Edge::spawn_config(dir, proxy, admin, |dir| {
-        edge_config(
-            &origin.url(),
-            upstream.addr,
-            proxy,
-            admin,
-            dir,
-            DEFAULT_CACHE,
-            &access_log_config(sample_allowed).replace("ACCESS_LOG", &log.display().to_string()),
-        )
-    });
-    edge.wait_ready().await;
-    edge
+/// An edge logging requests (`sample_allowed` of the allowed ones), with an ungated route
+/// (`/public/`) and an observed one (`/vod/`).
+async fn edge_with_log(origin: &TestOrigin, upstream: &Upstream, sample_allowed: f64) -> Edge {
+    EdgeConfig::new(origin, upstream)
+        .access_log(sample_allowed)
+        .route("/public/", "off")
+        .route("/vod/", "observe")
+        .start()
+        .await
 }
 
 fn log_text(edge: &Edge) -> String {
@@ -59,7 +44,7 @@ async fn log_lines(edge: &Edge, count: usize) -> Vec<Value> {
 async fn allowed_request_is_logged_with_every_field() {
     let origin = TestOrigin::start().await;
     let upstream = Upstream::start().await;
-    let edge = edge_with_log(&origin, &upstream, "1.0").await;
+    let edge = edge_with_log(&origin, &upstream, 1.0).await;
 
     let token = origin.token("alice", "tv");
     let path = format!("/live/seg1.ts?token={token}&session=abc");
@@ -86,7 +71,7 @@ async fn allowed_request_is_logged_with_every_field() {
 async fn rejection_is_logged_without_identity_or_upstream_status() {
     let origin = TestOrigin::start().await;
     let upstream = Upstream::start().await;
-    let edge = edge_with_log(&origin, &upstream, "1.0").await;
+    let edge = edge_with_log(&origin, &upstream, 1.0).await;
 
     rejection(edge.get("/live/seg1.ts").await, 401).await;
     let line = &log_lines(&edge, 1).await[0];
@@ -100,7 +85,7 @@ async fn rejection_is_logged_without_identity_or_upstream_status() {
 async fn observed_and_ungated_requests_are_logged_with_their_mode() {
     let origin = TestOrigin::start().await;
     let upstream = Upstream::start().await;
-    let edge = edge_with_log(&origin, &upstream, "1.0").await;
+    let edge = edge_with_log(&origin, &upstream, 1.0).await;
 
     echoed(edge.get("/vod/seg1.ts").await).await;
     echoed(edge.get("/public/logo.png").await).await;
@@ -121,7 +106,7 @@ async fn observed_and_ungated_requests_are_logged_with_their_mode() {
 async fn sampling_never_drops_a_rejection() {
     let origin = TestOrigin::start().await;
     let upstream = Upstream::start().await;
-    let edge = edge_with_log(&origin, &upstream, "0.0").await;
+    let edge = edge_with_log(&origin, &upstream, 0.0).await;
 
     let token = origin.token("alice", "tv");
     for _ in 0..5 {
@@ -140,7 +125,7 @@ async fn sampling_never_drops_a_rejection() {
 async fn access_log_never_contains_a_token_a_query_or_a_cookie() {
     let origin = TestOrigin::start().await;
     let upstream = Upstream::start().await;
-    let edge = edge_with_log(&origin, &upstream, "1.0").await;
+    let edge = edge_with_log(&origin, &upstream, 1.0).await;
 
     let tokens = hostile_tokens(&origin);
     let mut sent = 0;

@@ -69,8 +69,7 @@ fn rss_kib(pid: u32) -> u64 {
 async fn forged_tokens_for_random_accounts_cause_zero_origin_requests() {
     // Every forged token is verified (and rejected): without the per-client budget, which
     // would refuse most of them unchecked (tests/forged_token_flood.rs).
-    let (origin, upstream, edge) =
-        started_with("limits:\n  invalid_tokens_per_client: off\n").await;
+    let (origin, upstream, edge) = started_with(|c| c.invalid_tokens_per_client("off")).await;
 
     // Well-formed tokens with the trusted kid, random accounts, and signatures that are not
     // the trusted key's: verification must reject them before any lookup.
@@ -104,13 +103,10 @@ async fn forged_tokens_for_random_accounts_cause_zero_origin_requests() {
 async fn distinct_valid_accounts_cost_one_origin_request_each_within_max_accounts() {
     let origin = TestOrigin::start().await;
     let upstream = Upstream::start().await;
-    let edge = Edge::start_with(
-        &origin.url(),
-        upstream.addr,
-        &format!("  max_accounts: {MAX_ACCOUNTS}\n  refresh_after: 30s\n  max_stale: 10m\n"),
-        "",
-    )
-    .await;
+    let edge = EdgeConfig::new(&origin, &upstream)
+        .max_accounts(MAX_ACCOUNTS)
+        .start()
+        .await;
     let rss_before = rss_kib(edge.pid());
 
     let iat = now() - 60;

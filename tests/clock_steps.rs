@@ -32,21 +32,15 @@ async fn edge_with_steppable_wall_clock(
     offset_file: &Path,
 ) -> Edge {
     std::fs::write(offset_file, "+0\n").unwrap();
-    let (proxy, admin) = (free_port(), free_port());
-    let (url, upstream) = (origin.url(), upstream.addr);
-    let env = [
-        ("LD_PRELOAD", libfaketime().display().to_string()),
-        ("FAKETIME_TIMESTAMP_FILE", offset_file.display().to_string()),
+    EdgeConfig::new(origin, upstream)
+        .env("LD_PRELOAD", libfaketime().display().to_string())
+        .env("FAKETIME_TIMESTAMP_FILE", offset_file.display().to_string())
         // Read the file on every clock reading, so a step takes effect at once.
-        ("FAKETIME_NO_CACHE", "1".to_string()),
+        .env("FAKETIME_NO_CACHE", "1")
         // An NTP step moves the wall clock only.
-        ("FAKETIME_DONT_FAKE_MONOTONIC", "1".to_string()),
-    ];
-    let edge = Edge::spawn_config_env(tempfile::tempdir().unwrap(), proxy, admin, &env, |dir| {
-        edge_config(&url, upstream, proxy, admin, dir, DEFAULT_CACHE, "")
-    });
-    edge.wait_ready().await;
-    edge
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .start()
+        .await
 }
 
 /// A well-signed token whose `kid` the JWKS does not have: each one asks for a JWKS refetch.

@@ -236,6 +236,14 @@ async fn token_issued_after_the_account_epoch_is_allowed() {
 }
 
 #[tokio::test]
+async fn token_issued_in_the_epoch_second_is_allowed() {
+    let spec = spec();
+    let token = spec.token("alice", "tv", 60);
+    spec.source.sign_out("alice", spec.now() - 60);
+    assert!(allowed(&spec.decide(&token).await));
+}
+
+#[tokio::test]
 async fn device_signed_out_rejects_only_that_device() {
     let spec = spec();
     spec.source.sign_out_device("alice", "tv", spec.now() - 10);
@@ -310,6 +318,24 @@ async fn client_over_its_invalid_token_budget_is_refused_unless_the_token_is_kno
     ));
 }
 
+#[tokio::test]
+async fn client_over_its_invalid_token_budget_without_a_token_is_still_missing_token() {
+    let spec = spec();
+    let client: IpAddr = "192.0.2.7".parse().unwrap();
+    for _ in 0..100 {
+        spec.decide_from(Some("not.a.token"), Some(client)).await;
+    }
+    assert!(matches!(
+        spec.decide_from(Some(&spec.token("bob", "tv", 60)), Some(client))
+            .await,
+        Decision::Reject(Reason::TooManyInvalidTokens { .. })
+    ));
+    assert_eq!(
+        spec.decide_from(None, Some(client)).await,
+        Decision::Reject(Reason::MissingToken)
+    );
+}
+
 // --- freshness ---
 
 #[tokio::test]
@@ -338,6 +364,23 @@ async fn record_older_than_refresh_after_is_used_once_while_it_is_refreshed() {
     assert_eq!(
         spec.decide(&token).await,
         Decision::Reject(Reason::SignedOut)
+    );
+}
+
+#[tokio::test]
+async fn record_used_while_it_is_refreshed_is_counted_as_a_stale_lookup() {
+    let spec = spec();
+    let token = spec.token("alice", "tv", 60);
+    spec.decide(&token).await;
+    spec.clock.advance(REFRESH_AFTER + Duration::from_secs(1));
+    spec.decide(&token).await;
+    spec.until_fetches(2).await;
+    let exposition = String::from_utf8(spec.gate.metrics().encode()).expect("UTF-8 metrics");
+    assert!(
+        exposition
+            .lines()
+            .any(|line| line == r#"epochgate_epoch_cache_lookups_total{result="stale"} 1"#),
+        "{exposition}"
     );
 }
 

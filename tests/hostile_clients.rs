@@ -466,7 +466,7 @@ async fn client_headers_under_the_edge_prefix_never_reach_the_upstream() {
 
 #[tokio::test]
 async fn configured_header_prefix_is_owned_and_identity_headers_outside_it_stay_stripped() {
-    let (origin, _upstream, edge) = started_with("forward:\n  header_prefix: X-Edge-\n").await;
+    let (origin, _upstream, edge) = started_with(|c| c.header_prefix("X-Edge-")).await;
 
     let request = edge
         .client

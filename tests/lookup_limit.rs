@@ -17,14 +17,10 @@ async fn restarted_edge_under_load_never_exceeds_the_lookup_limit() {
     // lookups waiting than there are slots.
     origin.set_mode(Mode::Slow(Duration::from_millis(5)));
     let upstream = Upstream::start().await;
-    let mut edge = Edge::spawn_full(
-        &origin.url(),
-        &format!("  max_concurrent_lookups: {LIMIT}"),
-        upstream.addr,
-        DEFAULT_CACHE,
-        "",
-    );
-    edge.wait_ready().await;
+    let mut edge = EdgeConfig::new(&origin, &upstream)
+        .max_concurrent_lookups(LIMIT)
+        .start()
+        .await;
 
     let tokens = account_tokens(&origin, 5000);
     let run = restart_under_load(&origin, &mut edge, tokens, 64).await;
@@ -64,21 +60,11 @@ fn request_in_background(edge: &Edge, token: String) -> tokio::task::JoinHandle<
 async fn lookup_without_a_slot_within_the_timeout_is_judged_as_an_origin_failure() {
     let origin = TestOrigin::start().await;
     let upstream = Upstream::start().await;
-    let (proxy, admin) = (free_port(), free_port());
-    let edge = Edge::spawn_config(tempfile::tempdir().unwrap(), proxy, admin, |dir| {
-        edge_config_with_origin(
-            &origin.url(),
-            "  max_concurrent_lookups: 1",
-            upstream.addr,
-            proxy,
-            admin,
-            dir,
-            DEFAULT_CACHE,
-            "",
-        )
-        .replace("timeout: 250ms", "timeout: 1s")
-    });
-    edge.wait_ready().await;
+    let edge = EdgeConfig::new(&origin, &upstream)
+        .max_concurrent_lookups(1)
+        .origin_timeout("1s")
+        .start()
+        .await;
     origin.set_mode(Mode::Hang);
 
     // One slot, an origin that never answers, a 1 s timeout: `first` holds the slot until

@@ -142,8 +142,13 @@ async fn playback_stops_after_sign_out(edge_listener: Listener) {
     let ca = tls::TestCa::new();
     let cert = ca.issue("edge", media_dir.path());
     let edge = match edge_listener {
-        Listener::Plain => Edge::start_with(&origin.url(), upstream, DEFAULT_CACHE, "").await,
-        Listener::Tls => tls::tls_edge_to(&origin, upstream, &cert, "").await,
+        Listener::Plain => EdgeConfig::to(&origin.url(), upstream).start().await,
+        Listener::Tls => {
+            EdgeConfig::to(&origin.url(), upstream)
+                .tls(&cert)
+                .start()
+                .await
+        }
     };
     edge.wait_feed("connected").await;
     let playlist = format!("/live/index.m3u8?token={token}");

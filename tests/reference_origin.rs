@@ -51,13 +51,11 @@ impl Reference {
     }
 }
 
-const FAST_REFRESH: &str = "  refresh_after: 1s\n  max_stale: 10m\n";
-
 #[tokio::test]
 async fn sign_out_reaches_the_edge_by_the_reference_feed() {
     let reference = Reference::start().await;
     let upstream = Upstream::start().await;
-    let edge = Edge::start_with(&reference.url, upstream.addr, DEFAULT_CACHE, "").await;
+    let edge = EdgeConfig::to(&reference.url, upstream.addr).start().await;
     edge.wait_feed("connected").await;
 
     let tv = reference.sign_in("alice", "tv").await;
@@ -78,7 +76,10 @@ async fn sign_out_reaches_the_edge_by_the_reference_feed() {
 async fn sign_out_all_revokes_every_device_and_sign_in_again_works_at_once() {
     let reference = Reference::start().await;
     let upstream = Upstream::start().await;
-    let edge = Edge::start_with(&reference.url, upstream.addr, FAST_REFRESH, "").await;
+    let edge = EdgeConfig::to(&reference.url, upstream.addr)
+        .refresh_after("1s")
+        .start()
+        .await;
 
     let tv = reference.sign_in("alice", "tv").await;
     let phone = reference.sign_in("alice", "phone").await;
@@ -97,7 +98,10 @@ async fn sign_out_all_revokes_every_device_and_sign_in_again_works_at_once() {
 async fn device_sign_out_keeps_the_other_devices() {
     let reference = Reference::start().await;
     let upstream = Upstream::start().await;
-    let edge = Edge::start_with(&reference.url, upstream.addr, FAST_REFRESH, "").await;
+    let edge = EdgeConfig::to(&reference.url, upstream.addr)
+        .refresh_after("1s")
+        .start()
+        .await;
 
     let tv = reference.sign_in("alice", "tv").await;
     let phone = reference.sign_in("alice", "phone").await;
@@ -118,14 +122,11 @@ async fn account_ids_are_percent_encoded_on_the_way_to_the_origin() {
     let reference = Reference::start().await;
     let upstream = Upstream::start().await;
     // Polling only: the sign-out must come back through the percent-encoded lookup path.
-    let edge = Edge::spawn_full(
-        &reference.url,
-        "  feed: false\n",
-        upstream.addr,
-        FAST_REFRESH,
-        "",
-    );
-    edge.wait_ready().await;
+    let edge = EdgeConfig::to(&reference.url, upstream.addr)
+        .feed(false)
+        .refresh_after("1s")
+        .start()
+        .await;
 
     let odd = "user/42?x=1 #é";
     let token = reference.sign_in(odd, "tv").await;

@@ -7,22 +7,19 @@ use std::time::Duration;
 
 use common::*;
 
-const FEED_RETRY_FAST: &str = "  feed_unsupported_retry: 1s\n";
-
 /// An origin offering the feed, an upstream, and an edge whose feed is connected.
 async fn connected() -> (TestOrigin, Upstream, Edge) {
     let origin = TestOrigin::start().await;
     origin.enable_feed();
     let upstream = Upstream::start().await;
-    let edge = edge_with_feed(&origin, &upstream, DEFAULT_CACHE).await;
+    let edge = feed_config(&origin, &upstream).start().await;
     edge.wait_feed("connected").await;
     (origin, upstream, edge)
 }
 
-async fn edge_with_feed(origin: &TestOrigin, upstream: &Upstream, cache: &str) -> Edge {
-    let edge = Edge::spawn_full(&origin.url(), FEED_RETRY_FAST, upstream.addr, cache, "");
-    edge.wait_ready().await;
-    edge
+/// The config of an edge that asks again every second whether the origin offers a feed.
+fn feed_config(origin: &TestOrigin, upstream: &Upstream) -> EdgeConfig {
+    EdgeConfig::new(origin, upstream).feed_unsupported_retry("1s")
 }
 
 #[tokio::test]
@@ -154,7 +151,7 @@ async fn origin_restart_is_survived() {
     let mut origin = TestOrigin::start().await;
     origin.enable_feed();
     let upstream = Upstream::start().await;
-    let edge = edge_with_feed(&origin, &upstream, DEFAULT_CACHE).await;
+    let edge = feed_config(&origin, &upstream).start().await;
     edge.wait_feed("connected").await;
 
     let token = origin.token("alice", "tv");
@@ -173,12 +170,10 @@ async fn origin_restart_is_survived() {
 async fn without_a_feed_the_edge_polls_and_says_unsupported() {
     let origin = TestOrigin::start().await;
     let upstream = Upstream::start().await;
-    let edge = edge_with_feed(
-        &origin,
-        &upstream,
-        "  refresh_after: 1s\n  max_stale: 10m\n",
-    )
-    .await;
+    let edge = feed_config(&origin, &upstream)
+        .refresh_after("1s")
+        .start()
+        .await;
     edge.wait_feed("unsupported").await;
     assert_eq!(
         edge.readiness().await["ready"],
@@ -202,7 +197,7 @@ async fn without_a_feed_the_edge_polls_and_says_unsupported() {
 async fn feed_that_appears_later_is_picked_up() {
     let origin = TestOrigin::start().await;
     let upstream = Upstream::start().await;
-    let edge = edge_with_feed(&origin, &upstream, DEFAULT_CACHE).await;
+    let edge = feed_config(&origin, &upstream).start().await;
     edge.wait_feed("unsupported").await;
     origin.enable_feed();
     edge.wait_feed("connected").await;
@@ -213,14 +208,10 @@ async fn disabled_feed_is_reported_and_never_requested() {
     let origin = TestOrigin::start().await;
     origin.enable_feed();
     let upstream = Upstream::start().await;
-    let edge = Edge::spawn_full(
-        &origin.url(),
-        "  feed: false\n",
-        upstream.addr,
-        DEFAULT_CACHE,
-        "",
-    );
-    edge.wait_ready().await;
+    let edge = EdgeConfig::new(&origin, &upstream)
+        .feed(false)
+        .start()
+        .await;
     assert_eq!(edge.readiness().await["feed"], "disabled");
     assert!(origin.feed_connections().is_empty());
 }
@@ -231,14 +222,10 @@ async fn silent_feed_connection_is_replaced() {
     origin.enable_feed();
     let upstream = Upstream::start().await;
     // The test origin sends one comment and then nothing: no pings.
-    let edge = Edge::spawn_full(
-        &origin.url(),
-        "  feed_idle_timeout: 1s\n",
-        upstream.addr,
-        DEFAULT_CACHE,
-        "",
-    );
-    edge.wait_ready().await;
+    let edge = EdgeConfig::new(&origin, &upstream)
+        .feed_idle_timeout("1s")
+        .start()
+        .await;
     eventually(
         Duration::from_secs(10),
         "a replacement connection",

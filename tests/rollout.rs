@@ -9,17 +9,12 @@ use common::*;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const ROUTES: &str = r#"routes:
-  - prefix: /public/
-    mode: off
-  - prefix: /vod/
-    mode: observe
-  - prefix: /live/
-    mode: enforce
-"#;
-
-async fn edge_with(origin: &TestOrigin, upstream: &Upstream, extra: &str) -> Edge {
-    Edge::start_with(&origin.url(), upstream.addr, DEFAULT_CACHE, extra).await
+/// `/public/` ungated, `/vod/` observed, `/live/` enforced.
+fn with_routes(config: EdgeConfig) -> EdgeConfig {
+    config
+        .route("/public/", "off")
+        .route("/vod/", "observe")
+        .route("/live/", "enforce")
 }
 
 /// Sends a request line exactly as written (an HTTP client would normalize the path first)
@@ -50,7 +45,10 @@ async fn signed_out_token_reaches_the_upstream_with_the_decision_header_in_obser
     let origin = TestOrigin::start().await;
     origin.set_record("alice", now() - 10, &[]);
     let upstream = Upstream::start().await;
-    let edge = edge_with(&origin, &upstream, "mode: observe\n").await;
+    let edge = EdgeConfig::new(&origin, &upstream)
+        .mode("observe")
+        .start()
+        .await;
 
     let token = origin.token_at("alice", "tv", now() - 100);
     let echo = echoed(edge.get_with_token("/live/seg1.ts", &token).await).await;
@@ -81,7 +79,10 @@ async fn signed_out_token_reaches_the_upstream_with_the_decision_header_in_obser
 async fn allowed_token_in_observe_mode_gets_its_identity_and_the_allowed_decision() {
     let origin = TestOrigin::start().await;
     let upstream = Upstream::start().await;
-    let edge = edge_with(&origin, &upstream, "mode: observe\n").await;
+    let edge = EdgeConfig::new(&origin, &upstream)
+        .mode("observe")
+        .start()
+        .await;
 
     let echo = echoed(
         edge.get_with_token("/live/seg1.ts", &origin.token("alice", "tv"))
@@ -102,7 +103,9 @@ async fn allowed_token_in_observe_mode_gets_its_identity_and_the_allowed_decisio
 async fn observe_route_forwards_a_request_without_a_token() {
     let origin = TestOrigin::start().await;
     let upstream = Upstream::start().await;
-    let edge = edge_with(&origin, &upstream, ROUTES).await;
+    let edge = with_routes(EdgeConfig::new(&origin, &upstream))
+        .start()
+        .await;
 
     let echo = echoed(edge.get("/vod/movie/seg1.ts").await).await;
     assert_eq!(
@@ -120,7 +123,10 @@ async fn observe_route_forwards_a_request_without_a_token() {
 async fn enforce_route_rejects_and_counts_as_enforced() {
     let origin = TestOrigin::start().await;
     let upstream = Upstream::start().await;
-    let edge = edge_with(&origin, &upstream, &format!("mode: observe\n{ROUTES}")).await;
+    let edge = with_routes(EdgeConfig::new(&origin, &upstream))
+        .mode("observe")
+        .start()
+        .await;
 
     rejection(edge.get("/live/seg1.ts").await, 401).await;
     assert_eq!(upstream.requests.load(Ordering::SeqCst), 0);
@@ -141,7 +147,9 @@ async fn enforce_route_rejects_and_counts_as_enforced() {
 async fn off_route_needs_no_token_and_counts_no_decision() {
     let origin = TestOrigin::start().await;
     let upstream = Upstream::start().await;
-    let edge = edge_with(&origin, &upstream, ROUTES).await;
+    let edge = with_routes(EdgeConfig::new(&origin, &upstream))
+        .start()
+        .await;
 
     let response = edge
         .client
@@ -188,7 +196,9 @@ async fn client_sent_decision_header_never_reaches_the_upstream_from_an_enforced
 async fn paths_that_climb_out_of_an_off_route_are_gated() {
     let origin = TestOrigin::start().await;
     let upstream = Upstream::start().await;
-    let edge = edge_with(&origin, &upstream, ROUTES).await;
+    let edge = with_routes(EdgeConfig::new(&origin, &upstream))
+        .start()
+        .await;
 
     assert_eq!(raw_get_status(&edge, "/public/logo.png").await, 200);
     for target in [
@@ -205,19 +215,8 @@ async fn paths_that_climb_out_of_an_off_route_are_gated() {
 
 #[tokio::test]
 async fn overlapping_route_prefix_is_a_config_error_naming_the_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = edge_config(
-        "http://127.0.0.1:9",
-        "127.0.0.1:9".parse().unwrap(),
-        free_port(),
-        free_port(),
-        dir.path(),
-        DEFAULT_CACHE,
-        &format!("{ROUTES}  - prefix: /live/hd/\n    mode: observe\n"),
-    );
-    let path = dir.path().join("epochgate.yaml");
-    std::fs::write(&path, config).unwrap();
-    let (code, out) = run_cli(&["-t", "-c", path.to_str().unwrap()]);
+    let config = with_routes(EdgeConfig::offline()).route("/live/hd/", "observe");
+    let (code, out) = config.check();
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("routes[3].prefix"), "{out}");
     assert!(out.contains("routes[2].prefix"), "{out}");
@@ -225,19 +224,7 @@ async fn overlapping_route_prefix_is_a_config_error_naming_the_key() {
 
 #[tokio::test]
 async fn unknown_mode_is_a_config_error_naming_the_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = edge_config(
-        "http://127.0.0.1:9",
-        "127.0.0.1:9".parse().unwrap(),
-        free_port(),
-        free_port(),
-        dir.path(),
-        DEFAULT_CACHE,
-        "routes:\n  - prefix: /vod/\n    mode: shadow\n",
-    );
-    let path = dir.path().join("epochgate.yaml");
-    std::fs::write(&path, config).unwrap();
-    let (code, out) = run_cli(&["-t", "-c", path.to_str().unwrap()]);
+    let (code, out) = EdgeConfig::offline().route("/vod/", "shadow").check();
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("routes[0].mode"), "{out}");
 }
@@ -247,7 +234,9 @@ async fn durations_cache_lookups_and_record_age_are_measured() {
     let origin = TestOrigin::start().await;
     origin.set_record("alice", now() - 600, &[]);
     let upstream = Upstream::start().await;
-    let edge = edge_with(&origin, &upstream, ROUTES).await;
+    let edge = with_routes(EdgeConfig::new(&origin, &upstream))
+        .start()
+        .await;
 
     let token = origin.token("alice", "tv");
     for _ in 0..2 {

@@ -30,29 +30,12 @@ async fn slow_upstream() -> std::net::SocketAddr {
     addr
 }
 
-fn config_with_grace(
-    origin: &str,
-    upstream: std::net::SocketAddr,
-    proxy: u16,
-    admin: u16,
-    dir: &std::path::Path,
-    grace: u64,
-) -> String {
-    edge_config(origin, upstream, proxy, admin, dir, DEFAULT_CACHE, "").replace(
-        "grace_period_seconds: 0",
-        &format!("grace_period_seconds: {grace}"),
-    )
-}
-
 /// An origin and a ready edge with `grace` seconds of grace period, in front of [`slow_upstream`].
 async fn ready_edge_with_slow_upstream(grace: u64) -> (TestOrigin, Edge, u16) {
     let origin = TestOrigin::start().await;
-    let upstream = slow_upstream().await;
-    let (proxy, admin) = (free_port(), free_port());
-    let edge = Edge::spawn_config(tempfile::tempdir().unwrap(), proxy, admin, |dir| {
-        config_with_grace(&origin.url(), upstream, proxy, admin, dir, grace)
-    });
-    edge.wait_ready().await;
+    let config = EdgeConfig::to(&origin.url(), slow_upstream().await).grace_period_seconds(grace);
+    let proxy = config.proxy_port();
+    let edge = config.start().await;
     (origin, edge, proxy)
 }
 
@@ -142,11 +125,10 @@ async fn idle_keepalive_connection_is_answered_with_close_after_shutdown_starts(
 async fn graceful_upgrade_hands_over_the_listeners_without_a_failed_request() {
     let origin = TestOrigin::start().await;
     let upstream = Upstream::start().await;
-    let (proxy, admin) = (free_port(), free_port());
-    let mut old = Edge::spawn_config(tempfile::tempdir().unwrap(), proxy, admin, |dir| {
-        config_with_grace(&origin.url(), upstream.addr, proxy, admin, dir, 1)
-    });
-    old.wait_ready().await;
+    let mut old = EdgeConfig::new(&origin, &upstream)
+        .grace_period_seconds(1)
+        .start()
+        .await;
     let token = Arc::new(origin.token("alice", "tv"));
 
     let stop = Arc::new(AtomicBool::new(false));

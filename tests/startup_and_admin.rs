@@ -6,29 +6,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn write_config(dir: &tempfile::TempDir, text: &str) -> String {
-    let path = dir.path().join("epochgate.yaml");
-    std::fs::write(&path, text).unwrap();
-    path.display().to_string()
-}
-
-fn valid_config(dir: &tempfile::TempDir) -> String {
-    edge_config(
-        "http://127.0.0.1:9",
-        "127.0.0.1:9".parse().unwrap(),
-        free_port(),
-        free_port(),
-        dir.path(),
-        DEFAULT_CACHE,
-        "",
-    )
-}
-
 #[test]
 fn test_flag_accepts_a_valid_config() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = write_config(&dir, &valid_config(&dir));
-    let (code, out) = run_cli(&["-t", "-c", &path]);
+    let (code, out) = EdgeConfig::offline().check();
     assert_eq!(code, 0, "{out}");
 }
 
@@ -41,27 +21,22 @@ fn reference_config_is_valid() {
 
 #[test]
 fn unknown_key_is_an_error_naming_the_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let text = valid_config(&dir).replace("  leeway: 5s", "  leeway: 5s\n  leeeway: 5s");
-    let (code, out) = run_cli(&["-t", "-c", &write_config(&dir, &text)]);
+    let (code, out) = EdgeConfig::offline().set("token.leeeway", "5s").check();
     assert_ne!(code, 0);
     assert!(out.contains("token") && out.contains("leeeway"), "{out}");
 }
 
 #[test]
 fn unknown_server_key_is_an_error_naming_the_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let text = valid_config(&dir).replace("  threads: 2", "  threads: 2\n  graceperiod: 3");
-    let (code, out) = run_cli(&["-t", "-c", &write_config(&dir, &text)]);
+    let (code, out) = EdgeConfig::offline().set("server.graceperiod", "3").check();
     assert_ne!(code, 0);
     assert!(out.contains("server.graceperiod"), "{out}");
 }
 
 #[test]
 fn bad_duration_is_an_error_naming_the_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let text = valid_config(&dir).replace("timeout: 250ms", "timeout: soon");
-    let (code, out) = run_cli(&["-c", &write_config(&dir, &text)]);
+    let config = EdgeConfig::offline().origin_timeout("soon");
+    let (code, out) = run_cli(&["-c", config.write().to_str().unwrap()]);
     assert_ne!(code, 0);
     assert!(
         out.contains("auth_origin.timeout") && out.contains("soon"),
@@ -71,18 +46,16 @@ fn bad_duration_is_an_error_naming_the_key() {
 
 #[test]
 fn empty_peer_list_is_an_error_naming_the_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let text = valid_config(&dir).replace(r#"peers: ["127.0.0.1:9"]"#, "peers: []");
-    let (code, out) = run_cli(&["-c", &write_config(&dir, &text)]);
+    let config = EdgeConfig::offline().peers(&[]);
+    let (code, out) = run_cli(&["-c", config.write().to_str().unwrap()]);
     assert_ne!(code, 0);
     assert!(out.contains("proxy.upstream.peers"), "{out}");
 }
 
 #[test]
 fn unknown_algorithm_is_an_error_naming_the_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let text = valid_config(&dir).replace("[ES256, RS256, EdDSA]", "[ES256, ROT13]");
-    let (code, out) = run_cli(&["-c", &write_config(&dir, &text)]);
+    let config = EdgeConfig::offline().algorithms(&["ES256", "ROT13"]);
+    let (code, out) = run_cli(&["-c", config.write().to_str().unwrap()]);
     assert_ne!(code, 0);
     assert!(
         out.contains("token.algorithms[1]") && out.contains("ROT13"),
@@ -92,20 +65,11 @@ fn unknown_algorithm_is_an_error_naming_the_key() {
 
 #[test]
 fn busy_listen_address_exits_non_zero_naming_it() {
-    let dir = tempfile::tempdir().unwrap();
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = busy.local_addr().unwrap().port();
-    let text = edge_config(
-        "http://127.0.0.1:9",
-        "127.0.0.1:9".parse().unwrap(),
-        port,
-        free_port(),
-        dir.path(),
-        DEFAULT_CACHE,
-        "",
-    );
+    let config = EdgeConfig::offline().set("proxy.listen", &format!("[\"127.0.0.1:{port}\"]"));
     let started = Instant::now();
-    let (code, out) = run_cli(&["-c", &write_config(&dir, &text)]);
+    let (code, out) = run_cli(&["-c", config.write().to_str().unwrap()]);
     assert_ne!(code, 0);
     assert!(out.contains(&format!("127.0.0.1:{port}")), "{out}");
     assert!(started.elapsed() < Duration::from_secs(5));
@@ -136,7 +100,7 @@ async fn edge_without_jwks_is_not_ready_and_answers_503_until_keys_arrive() {
     let origin = TestOrigin::start().await;
     origin.set_jwks_down(true);
     let upstream = Upstream::start().await;
-    let edge = Edge::spawn(&origin.url(), upstream.addr, DEFAULT_CACHE, "");
+    let edge = EdgeConfig::new(&origin, &upstream).spawn();
 
     let report: serde_json::Value =
         eventually(Duration::from_secs(10), "/readyz to answer", || {
@@ -237,28 +201,17 @@ fn which(program: &str) -> Option<std::path::PathBuf> {
     })
 }
 
-/// `-t` on the test config with `proxy.listen` and `admin.listen` replaced.
+/// `-t` on the test config with these `proxy.listen` and `admin.listen`.
 fn check_listeners(proxy: &[&str], admin: &str) -> (i32, String) {
-    let dir = tempfile::tempdir().unwrap();
     let listen = proxy
         .iter()
         .map(|a| format!("\"{a}\""))
         .collect::<Vec<_>>()
         .join(", ");
-    let text = valid_config(&dir)
-        .lines()
-        .map(|line| {
-            if line.starts_with("  listen: [") {
-                format!("  listen: [{listen}]")
-            } else if line.starts_with("  listen: \"") {
-                format!("  listen: \"{admin}\"")
-            } else {
-                line.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    run_cli(&["-t", "-c", &write_config(&dir, &text)])
+    EdgeConfig::offline()
+        .set("proxy.listen", &format!("[{listen}]"))
+        .set("admin.listen", &format!("\"{admin}\""))
+        .check()
 }
 
 #[test]
@@ -315,20 +268,12 @@ fn wildcard_and_specific_address_on_one_port_is_an_error() {
 
 #[test]
 fn edge_with_proxy_and_admin_on_one_address_exits_before_binding() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let text = edge_config(
-        "http://127.0.0.1:9",
-        "127.0.0.1:9".parse().unwrap(),
-        port,
-        port,
-        dir.path(),
-        DEFAULT_CACHE,
-        "",
-    );
-    let path = write_config(&dir, &text);
+    let config = EdgeConfig::offline();
+    let same = format!("127.0.0.1:{}", config.proxy_port());
+    let config = config.set("admin.listen", &format!("\"{same}\""));
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_epochgate"))
-        .args(["-c", &path])
+        .arg("-c")
+        .arg(config.write())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -357,27 +302,12 @@ fn edge_with_proxy_and_admin_on_one_address_exits_before_binding() {
 
 #[test]
 fn header_prefix_that_is_empty_or_not_a_header_name_prefix_is_an_error() {
-    for prefix in [
-        "\"\"",
-        "\"x epochgate-\"",
-        "\"x-épochgate-\"",
-        "\"x-gate:\"",
-    ] {
-        let dir = tempfile::tempdir().unwrap();
-        let text = format!(
-            "{}forward:\n  header_prefix: {prefix}\n",
-            valid_config(&dir)
-        );
-        let (code, out) = run_cli(&["-t", "-c", &write_config(&dir, &text)]);
-        assert_ne!(code, 0, "{prefix}: {out}");
-        assert!(out.contains("forward.header_prefix"), "{prefix}: {out}");
+    for prefix in ["", "x epochgate-", "x-épochgate-", "x-gate:"] {
+        let (code, out) = EdgeConfig::offline().header_prefix(prefix).check();
+        assert_ne!(code, 0, "{prefix:?}: {out}");
+        assert!(out.contains("forward.header_prefix"), "{prefix:?}: {out}");
     }
     // Any case; the identity headers may lie under it (the defaults do).
-    let dir = tempfile::tempdir().unwrap();
-    let text = format!(
-        "{}forward:\n  header_prefix: X-EpochGate-\n",
-        valid_config(&dir)
-    );
-    let (code, out) = run_cli(&["-t", "-c", &write_config(&dir, &text)]);
+    let (code, out) = EdgeConfig::offline().header_prefix("X-EpochGate-").check();
     assert_eq!(code, 0, "{out}");
 }

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::tls::{https_url, tls_edge, CertFiles, TestCa};
+use common::tls::{https_url, CertFiles, TestCa};
 use common::*;
 use serde_json::Value;
 
@@ -51,7 +51,10 @@ async fn curl_over_tls_gets_every_decision_with_http2_and_http1_1() {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new();
     let ca_file = ca.write_pem(dir.path());
-    let edge = tls_edge(&origin, &upstream, &ca.issue("edge", dir.path()), "").await;
+    let edge = EdgeConfig::new(&origin, &upstream)
+        .tls(&ca.issue("edge", dir.path()))
+        .start()
+        .await;
 
     origin.set_record("alice", 0, &[]);
     origin.set_record("bob", now(), &[]);
@@ -121,7 +124,10 @@ async fn http2_streams_on_one_connection_each_get_their_own_answer() {
     let upstream = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new();
-    let edge = tls_edge(&origin, &upstream, &ca.issue("edge", dir.path()), "").await;
+    let edge = EdgeConfig::new(&origin, &upstream)
+        .tls(&ca.issue("edge", dir.path()))
+        .start()
+        .await;
     origin.set_record("alice", 0, &[]);
     origin.set_record("bob", now(), &[]);
     let valid = origin.token("alice", "tv");
@@ -176,20 +182,6 @@ async fn http2_streams_on_one_connection_each_get_their_own_answer() {
     assert!(!driver.is_finished(), "the connection was closed");
 }
 
-/// Replaces the proxy's `listen:` line of an [`edge_config`] with `listen`.
-fn with_listen(config: &str, listen: &str) -> String {
-    config
-        .lines()
-        .map(|line| {
-            if line.starts_with("  listen: [") {
-                format!("  listen: {listen}\n")
-            } else {
-                format!("{line}\n")
-            }
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn plain_and_tls_listeners_serve_side_by_side() {
     let origin = TestOrigin::start().await;
@@ -197,32 +189,13 @@ async fn plain_and_tls_listeners_serve_side_by_side() {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new();
     let cert = ca.issue("edge", dir.path());
-    let tls_port = free_port();
     let plain_port = free_port();
-    let admin = free_port();
-    let edge = Edge::spawn_config(tempfile::tempdir().unwrap(), tls_port, admin, |d| {
-        let config = edge_config(
-            &origin.url(),
-            upstream.addr,
-            tls_port,
-            admin,
-            d,
-            DEFAULT_CACHE,
-            "",
-        )
-        .replacen(
-            "proxy:\n",
-            &format!("proxy:\n{}", tls_lines(&cert.cert_file, &cert.key_file)),
-            1,
-        );
-        with_listen(
-            &config,
-            &format!(
-                "[\"127.0.0.1:{tls_port}\", {{address: \"127.0.0.1:{plain_port}\", tls: false}}]"
-            ),
-        )
-    });
-    edge.wait_ready().await;
+    let config = EdgeConfig::new(&origin, &upstream).tls(&cert);
+    let listen = format!(
+        "[\"127.0.0.1:{}\", {{address: \"127.0.0.1:{plain_port}\", tls: false}}]",
+        config.proxy_port()
+    );
+    let edge = config.set("proxy.listen", &listen).start().await;
     origin.set_record("alice", 0, &[]);
     let token = origin.token("alice", "tv");
 
@@ -254,21 +227,7 @@ async fn h2c_serves_cleartext_http2_when_enabled() {
     let upstream = Upstream::start().await;
     origin.set_record("alice", 0, &[]);
     origin.set_record("bob", now(), &[]);
-    let proxy = free_port();
-    let admin = free_port();
-    let edge = Edge::spawn_config(tempfile::tempdir().unwrap(), proxy, admin, |d| {
-        edge_config(
-            &origin.url(),
-            upstream.addr,
-            proxy,
-            admin,
-            d,
-            DEFAULT_CACHE,
-            "",
-        )
-        .replacen("proxy:\n", "proxy:\n  h2c: true\n", 1)
-    });
-    edge.wait_ready().await;
+    let edge = EdgeConfig::new(&origin, &upstream).h2c(true).start().await;
 
     let tcp = tokio::net::TcpStream::connect(edge.proxy).await.unwrap();
     let (sender, connection) = h2::client::handshake(tcp).await.unwrap();
@@ -318,7 +277,7 @@ async fn sighup_reloads_the_certificate_and_open_connections_carry_on() {
     let second = ca.issue("second", dir.path());
     let live = ca.issue("live", dir.path());
     replace_files(&live, &first);
-    let edge = tls_edge(&origin, &upstream, &live, "").await;
+    let edge = EdgeConfig::new(&origin, &upstream).tls(&live).start().await;
     origin.set_record("alice", 0, &[]);
     let token = origin.token("alice", "tv");
     assert_eq!(presented(&ca, &edge).await, first.der.as_ref());
@@ -364,7 +323,7 @@ async fn sighup_with_a_broken_key_keeps_the_certificate_in_use() {
     let other = ca.issue("other", dir.path());
     let live = ca.issue("live", dir.path());
     replace_files(&live, &first);
-    let edge = tls_edge(&origin, &upstream, &live, "").await;
+    let edge = EdgeConfig::new(&origin, &upstream).tls(&live).start().await;
 
     // A new certificate with the old key: they do not match.
     std::fs::copy(&other.cert_file, &live.cert_file).unwrap();
@@ -385,44 +344,13 @@ async fn sighup_with_a_broken_key_keeps_the_certificate_in_use() {
     assert_eq!(presented(&ca, &edge).await, first.der.as_ref());
 }
 
-/// Writes a config whose `proxy:` section starts with `proxy_lines` (and whose listeners are
-/// `listen`, if given); returns `epochgate -t`'s exit code and output.
-fn check_config(dir: &std::path::Path, proxy_lines: &str, listen: Option<&str>) -> (i32, String) {
-    let mut config = edge_config(
-        "http://127.0.0.1:9",
-        "127.0.0.1:9".parse().unwrap(),
-        free_port(),
-        free_port(),
-        dir,
-        DEFAULT_CACHE,
-        "",
-    )
-    .replacen("proxy:\n", &format!("proxy:\n{proxy_lines}"), 1);
-    if let Some(listen) = listen {
-        config = with_listen(&config, listen);
-    }
-    let path = dir.join("check.yaml");
-    std::fs::write(&path, config).unwrap();
-    run_cli(&["-t", "-c", path.to_str().unwrap()])
-}
-
-fn tls_lines(cert: &std::path::Path, key: &std::path::Path) -> String {
-    format!(
-        "  tls: {{ cert_file: \"{}\", key_file: \"{}\" }}\n",
-        cert.display(),
-        key.display()
-    )
-}
-
 #[test]
 fn a_missing_certificate_file_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let cert = TestCa::new().issue("edge", dir.path());
-    let (code, out) = check_config(
-        dir.path(),
-        &tls_lines(&dir.path().join("nowhere.pem"), &cert.key_file),
-        None,
-    );
+    let (code, out) = EdgeConfig::offline()
+        .tls_files(&dir.path().join("nowhere.pem"), &cert.key_file)
+        .check();
     assert_ne!(code, 0, "{out}");
     assert!(
         out.contains("`proxy.tls.cert_file`") && out.contains("nowhere.pem"),
@@ -436,7 +364,9 @@ fn a_key_that_does_not_match_the_certificate_is_rejected() {
     let ca = TestCa::new();
     let one = ca.issue("one", dir.path());
     let two = ca.issue("two", dir.path());
-    let (code, out) = check_config(dir.path(), &tls_lines(&one.cert_file, &two.key_file), None);
+    let (code, out) = EdgeConfig::offline()
+        .tls_files(&one.cert_file, &two.key_file)
+        .check();
     assert_ne!(code, 0, "{out}");
     assert!(
         out.contains("`proxy.tls.key_file`") && out.contains("does not match"),
@@ -448,11 +378,9 @@ fn a_key_that_does_not_match_the_certificate_is_rejected() {
 fn a_key_file_without_a_key_is_rejected() {
     let dir = tempfile::tempdir().unwrap();
     let cert = TestCa::new().issue("edge", dir.path());
-    let (code, out) = check_config(
-        dir.path(),
-        &tls_lines(&cert.cert_file, &cert.cert_file),
-        None,
-    );
+    let (code, out) = EdgeConfig::offline()
+        .tls_files(&cert.cert_file, &cert.cert_file)
+        .check();
     assert_ne!(code, 0, "{out}");
     assert!(
         out.contains("`proxy.tls.key_file`") && out.contains("no PEM private key"),
@@ -464,11 +392,7 @@ fn a_key_file_without_a_key_is_rejected() {
 fn an_expired_certificate_is_a_warning_not_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let cert = TestCa::new().issue_expired("edge", dir.path());
-    let (code, out) = check_config(
-        dir.path(),
-        &tls_lines(&cert.cert_file, &cert.key_file),
-        None,
-    );
+    let (code, out) = EdgeConfig::offline().tls(&cert).check();
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("WARN") && out.contains("expired"), "{out}");
 }
@@ -478,23 +402,20 @@ fn tls_settings_without_a_tls_listener_are_rejected() {
     let dir = tempfile::tempdir().unwrap();
     let cert = TestCa::new().issue("edge", dir.path());
     // Every listener plain, certificate given.
-    let (code, out) = check_config(
-        dir.path(),
-        &tls_lines(&cert.cert_file, &cert.key_file),
-        Some("[{address: \"127.0.0.1:1\", tls: false}]"),
-    );
+    let (code, out) = EdgeConfig::offline()
+        .tls(&cert)
+        .set("proxy.listen", "[{address: \"127.0.0.1:1\", tls: false}]")
+        .check();
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("`proxy.tls`"), "{out}");
     // HTTP/2 through ALPN asked for, no TLS.
-    let (code, out) = check_config(dir.path(), "  http2: true\n", None);
+    let (code, out) = EdgeConfig::offline().set("proxy.http2", "true").check();
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("`proxy.http2`"), "{out}");
     // A TLS listener without a certificate.
-    let (code, out) = check_config(
-        dir.path(),
-        "",
-        Some("[{address: \"127.0.0.1:1\", tls: true}]"),
-    );
+    let (code, out) = EdgeConfig::offline()
+        .set("proxy.listen", "[{address: \"127.0.0.1:1\", tls: true}]")
+        .check();
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("`proxy.listen[0].tls`"), "{out}");
 }

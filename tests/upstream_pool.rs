@@ -112,38 +112,13 @@ impl Drop for OriginServer {
     }
 }
 
-/// An edge in front of `peers` with `upstream_extra` (YAML flow-map entries) added to
-/// `proxy.upstream`.
-async fn pool_edge(origin: &TestOrigin, peers: &[SocketAddr], upstream_extra: &str) -> Edge {
-    let proxy = free_port();
-    let admin = free_port();
-    let peer_list: Vec<String> = peers.iter().map(|p| format!("\"{p}\"")).collect();
-    let upstream_line = format!(
-        "  upstream: {{ peers: [{}], {upstream_extra} }}",
-        peer_list.join(", ")
-    );
-    let edge = Edge::spawn_config(tempfile::tempdir().unwrap(), proxy, admin, |dir| {
-        edge_config(
-            &origin.url(),
-            peers[0],
-            proxy,
-            admin,
-            dir,
-            DEFAULT_CACHE,
-            "",
-        )
-        .lines()
-        .map(|line| {
-            if line.starts_with("  upstream: ") {
-                format!("{upstream_line}\n")
-            } else {
-                format!("{line}\n")
-            }
-        })
-        .collect()
-    });
-    edge.wait_ready().await;
-    edge
+/// An edge in front of `peers`, with `proxy.upstream.{key}` set to `value` (YAML).
+async fn pool_edge(origin: &TestOrigin, peers: &[SocketAddr], key: &str, value: &str) -> Edge {
+    EdgeConfig::to(&origin.url(), peers[0])
+        .peers(peers)
+        .set(&format!("proxy.upstream.{key}"), value)
+        .start()
+        .await
 }
 
 async fn wait_healthy(edge: &Edge, healthy: f64) {
@@ -181,7 +156,8 @@ async fn a_stopped_server_is_skipped_without_failed_requests_and_used_again_once
     let edge = pool_edge(
         &origin,
         &[a.addr, b.addr],
-        "health_check: { interval: 300ms, timeout: 200ms }",
+        "health_check",
+        "{ interval: 300ms, timeout: 200ms }",
     )
     .await;
     assert_eq!(
@@ -236,7 +212,8 @@ async fn a_request_meeting_a_stopped_server_before_its_check_is_retried_on_anoth
     let edge = pool_edge(
         &origin,
         &[a.addr, b.addr],
-        "health_check: { interval: 1h, timeout: 200ms }",
+        "health_check",
+        "{ interval: 1h, timeout: 200ms }",
     )
     .await;
     wait_healthy(&edge, 2.0).await;
@@ -266,7 +243,8 @@ async fn with_no_healthy_server_the_edge_answers_502_json() {
     let edge = pool_edge(
         &origin,
         &[down.addr],
-        "health_check: { interval: 200ms, timeout: 200ms }",
+        "health_check",
+        "{ interval: 200ms, timeout: 200ms }",
     )
     .await;
     wait_healthy(&edge, 0.0).await;
@@ -303,7 +281,8 @@ async fn a_server_failing_its_http_health_check_gets_no_requests() {
     let edge = pool_edge(
         &origin,
         &[a.addr, b.addr],
-        "health_check: { interval: 200ms, timeout: 200ms, path: /healthz, expected_status: 200 }",
+        "health_check",
+        "{ interval: 200ms, timeout: 200ms, path: /healthz, expected_status: 200 }",
     )
     .await;
     wait_healthy(&edge, 1.0).await;
@@ -324,7 +303,7 @@ async fn consistent_hashing_keeps_each_path_on_one_server() {
     let token = origin.token("alice", "tv");
     let a = OriginServer::start().await;
     let b = OriginServer::start().await;
-    let edge = pool_edge(&origin, &[a.addr, b.addr], "selection: consistent_hash").await;
+    let edge = pool_edge(&origin, &[a.addr, b.addr], "selection", "consistent_hash").await;
     for round in 0..5 {
         for segment in 0..20 {
             let response = edge

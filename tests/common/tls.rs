@@ -1,5 +1,5 @@
-//! TLS fixtures: a test CA made in the test, certificates it issues, clients that trust it,
-//! and an edge whose proxy listener speaks TLS.
+//! TLS fixtures: a test CA made in the test, certificates it issues, and clients that trust
+//! it. An edge serves TLS with `EdgeConfig::tls`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -9,7 +9,7 @@ use pingora::tls::{ClientConfig, RootCertStore};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use rustls_pki_types::{CertificateDer, ServerName};
 
-use super::{edge_config, free_port, Edge, TestOrigin, Upstream, DEFAULT_CACHE};
+use super::Edge;
 
 /// A certificate authority generated for one test.
 pub struct TestCa {
@@ -111,48 +111,6 @@ impl TestCa {
         let name = ServerName::try_from("127.0.0.1").unwrap();
         connector.connect(name, tcp).await.expect("TLS handshake")
     }
-}
-
-/// An edge whose single proxy listener speaks TLS with `cert` (`proxy_extra`: more lines
-/// under `proxy:`, e.g. `  http2: false`), in front of `upstream`; ready when returned.
-pub async fn tls_edge(
-    origin: &TestOrigin,
-    upstream: &Upstream,
-    cert: &CertFiles,
-    proxy_extra: &str,
-) -> Edge {
-    tls_edge_to(origin, upstream.addr, cert, proxy_extra).await
-}
-
-/// As [`tls_edge`], in front of any upstream address.
-pub async fn tls_edge_to(
-    origin: &TestOrigin,
-    upstream: SocketAddr,
-    cert: &CertFiles,
-    proxy_extra: &str,
-) -> Edge {
-    let dir = tempfile::tempdir().unwrap();
-    let proxy = free_port();
-    let admin = free_port();
-    let tls = format!(
-        "proxy:\n  tls: {{ cert_file: \"{}\", key_file: \"{}\" }}\n{proxy_extra}",
-        cert.cert_file.display(),
-        cert.key_file.display()
-    );
-    let edge = Edge::spawn_config(dir, proxy, admin, |dir| {
-        edge_config(
-            &origin.url(),
-            upstream,
-            proxy,
-            admin,
-            dir,
-            DEFAULT_CACHE,
-            "",
-        )
-        .replacen("proxy:\n", &tls, 1)
-    });
-    edge.wait_ready().await;
-    edge
 }
 
 /// `https://127.0.0.1:PORT{path}` of the edge's TLS listener.

@@ -15,7 +15,7 @@ use crate::request::route::Mode;
 pub enum Gated {
     /// Rejected on an `enforce` route: the rejection is written, the request is done.
     Rejected(Reason),
-    /// To be forwarded: hand it to [`prepare_upstream_request`].
+    /// To be forwarded: hand it to [`crate::edge::forward::prepare_upstream_request`].
     Forward(Admitted),
 }
 

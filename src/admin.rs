@@ -45,6 +45,8 @@ impl AdminApp {
             Some("proxy listener not accepting yet")
         } else if keys == 0 {
             Some("no verification keys loaded yet (JWKS not fetched)")
+        } else if self.gate.replica().is_some_and(|r| !r.loaded()) {
+            Some("the replica's initial values are not all loaded yet")
         } else {
             None
         };
@@ -57,6 +59,11 @@ impl AdminApp {
         });
         if let Some(reason) = reason {
             body["reason"] = reason.into();
+        }
+        if let (Some(replica), Some(body)) = (self.gate.replica(), body.as_object_mut()) {
+            if let serde_json::Value::Object(fields) = replica.readiness() {
+                body.extend(fields);
+            }
         }
         (reason.is_none(), body)
     }
@@ -88,6 +95,9 @@ impl ServeHttp for AdminApp {
                 metrics
                     .feed_last_activity_age
                     .set(self.gate.feed_status().last_activity_age().as_secs_f64());
+                if let Some(replica) = self.gate.replica() {
+                    replica.refresh_gauges();
+                }
                 respond(200, "text/plain; version=0.0.4", metrics.encode())
             }
             "/healthz" => respond(200, "application/json", br#"{"status":"ok"}"#.to_vec()),

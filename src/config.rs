@@ -80,6 +80,9 @@ struct FileConfig {
     routes: Vec<RouteFile>,
     #[serde(default)]
     access_log: AccessLogFile,
+    /// The fleet replica (see `crate::replica`).
+    #[serde(default)]
+    replica: Option<crate::replica::ReplicaFile>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -616,6 +619,8 @@ pub struct Settings {
     /// The top-level `mode` and the `routes`.
     pub routes: Routes,
     pub access_log: AccessLogSettings,
+    /// `replica:`: revocation records from a NATS bucket instead of the auth origin.
+    pub replica: Option<crate::replica::ReplicaSettings>,
 }
 
 /// The access log: one JSON line per request.
@@ -833,6 +838,10 @@ impl FileConfig {
         check_listeners_distinct(&proxy.listen, admin_listen)?;
         let routes = validate_routes(self.mode, self.routes)?;
         let access_log = self.access_log.validate()?;
+        let replica = match self.replica {
+            Some(replica) => Some(replica.validate(token.max_lifetime)?),
+            None => None,
+        };
         Ok(Settings {
             server,
             proxy,
@@ -844,6 +853,7 @@ impl FileConfig {
             limits,
             routes,
             access_log,
+            replica,
         })
     }
 }

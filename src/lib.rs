@@ -33,6 +33,7 @@ pub mod proxy;
 pub mod record_source;
 #[cfg(feature = "demo")]
 pub mod reference;
+pub mod replica;
 pub mod revocation;
 pub mod route;
 pub mod server;

@@ -20,6 +20,40 @@ pub enum PublishError {
     Put(String),
 }
 
+/// Creates a revocation bucket: history 1, values kept `max_age` (0: for ever), on
+/// `replicas` servers.
+///
+/// The stream behind the bucket is created directly, with the settings a key-value bucket
+/// has, rather than through the client's own bucket creation: that asks the server for
+/// account details that nats-server 2.9 does not send in the form the client expects.
+pub async fn create_bucket(
+    js: &jetstream::Context,
+    bucket: &str,
+    max_age: Duration,
+    replicas: usize,
+) -> Result<(), jetstream::context::CreateStreamError> {
+    js.create_stream(jetstream::stream::Config {
+        name: format!("KV_{bucket}"),
+        description: Some("epochgate revocation records".to_string()),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        max_bytes: -1,
+        max_messages: -1,
+        max_message_size: -1,
+        max_age,
+        storage: jetstream::stream::StorageType::File,
+        allow_rollup: true,
+        deny_delete: true,
+        deny_purge: false,
+        allow_direct: true,
+        num_replicas: replicas.max(1),
+        discard: jetstream::stream::DiscardPolicy::New,
+        ..Default::default()
+    })
+    .await
+    .map(|_| ())
+}
+
 /// A bucket of revocation records, opened for writing.
 #[derive(Clone)]
 pub struct Publisher {
@@ -52,16 +86,14 @@ impl Publisher {
         };
         let store = match js.get_key_value(bucket).await {
             Ok(store) => store,
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: bucket.to_string(),
-                    history: 1,
-                    max_age,
-                    description: "epochgate revocation records".to_string(),
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| bucket_error(&e))?,
+            Err(_) => {
+                create_bucket(&js, bucket, max_age, 1)
+                    .await
+                    .map_err(|e| bucket_error(&e))?;
+                js.get_key_value(bucket)
+                    .await
+                    .map_err(|e| bucket_error(&e))?
+            }
         };
         Ok(Publisher { store })
     }

@@ -2,6 +2,7 @@
 //! binary run as a child process, all on loopback.
 #![allow(dead_code)]
 
+pub mod nats;
 pub mod restart_load;
 
 pub mod tls;

@@ -125,3 +125,79 @@ impl ReplicaFile {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Settings;
+    use std::time::Duration;
+
+    const BASE: &str = r#"
+proxy:
+  listen: ["127.0.0.1:8080"]
+  upstream: { peers: ["127.0.0.1:8000"] }
+auth_origin:
+  url: "http://127.0.0.1:7000/"
+token:
+  algorithms: [ES256]
+  max_lifetime: 30d
+"#;
+
+    fn with_replica(replica: &str) -> Result<Settings, crate::config::ConfigError> {
+        Settings::from_yaml(&format!("{BASE}replica:\n{replica}"))
+    }
+
+    #[test]
+    fn replica_is_off_by_default() {
+        assert!(Settings::from_yaml(BASE).unwrap().replica.is_none());
+    }
+
+    #[test]
+    fn replica_defaults_bucket_and_max_stale() {
+        let s = with_replica("  nats:\n    servers: [\"nats://127.0.0.1:4222\"]\n").unwrap();
+        let r = s.replica.unwrap();
+        assert_eq!(r.bucket, "epochgate-revocations");
+        assert_eq!(r.max_stale, Duration::from_secs(600));
+        assert_eq!(r.max_lifetime, Duration::from_secs(30 * 86_400));
+        assert_eq!(r.credentials_file, None);
+        assert_eq!(r.tls_ca_file, None);
+    }
+
+    #[test]
+    fn replica_without_max_lifetime_names_the_key() {
+        let yaml = format!(
+            "{}replica:\n  nats:\n    servers: [\"nats://127.0.0.1:4222\"]\n",
+            BASE.replace("  max_lifetime: 30d\n", "")
+        );
+        let e = Settings::from_yaml(&yaml).unwrap_err();
+        assert_eq!(e.key, "token.max_lifetime");
+    }
+
+    #[test]
+    fn replica_errors_name_their_key() {
+        for (replica, key) in [
+            ("  nats:\n    servers: []\n", "replica.nats.servers"),
+            (
+                "  nats:\n    servers: [\"http://127.0.0.1:4222\"]\n",
+                "replica.nats.servers[0]",
+            ),
+            (
+                "  nats:\n    servers: [\"nats://a:4222\"]\n    bucket: \"a.b\"\n",
+                "replica.nats.bucket",
+            ),
+            (
+                "  nats:\n    servers: [\"nats://a:4222\"]\n    credentials_file: /nonexistent/x.creds\n",
+                "replica.nats.credentials_file",
+            ),
+            (
+                "  nats:\n    servers: [\"nats://a:4222\"]\n  max_stale: 0s\n",
+                "replica.max_stale",
+            ),
+        ] {
+            let e = with_replica(replica).unwrap_err();
+            assert_eq!(e.key, key, "{replica}");
+        }
+        let e =
+            with_replica("  nats:\n    servers: [\"nats://a:4222\"]\n    sever: x\n").unwrap_err();
+        assert!(e.key.starts_with("replica.nats"), "{e}");
+    }
+}

@@ -239,6 +239,11 @@ impl ReplicaStore {
         self.len() == 0
     }
 
+    /// Accounts the shards have room for before they grow (hashbrown: 7/8 of their slots).
+    pub fn capacity(&self) -> usize {
+        self.shards.iter().map(|s| read(s).capacity()).sum()
+    }
+
     /// Accounts with device epochs.
     pub fn accounts_with_devices(&self) -> usize {
         read(&self.devices).len()

@@ -167,11 +167,10 @@ pub async fn create_bucket(
     let js = jetstream::new(client);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let created = epochgate::replica::publish::create_bucket(&js, bucket, max_age, replicas)
-            .await
-            .map_err(|e| e.to_string());
-        match created.and_then(|()| Ok(js.get_key_value(bucket))) {
-            Ok(store) => return store.await.expect("open the bucket"),
+        let created =
+            epochgate::replica::publish::create_bucket(&js, bucket, max_age, replicas).await;
+        match created {
+            Ok(()) => return js.get_key_value(bucket).await.expect("open the bucket"),
             Err(e) if Instant::now() > deadline => panic!("create bucket {bucket}: {e}"),
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }

@@ -42,8 +42,9 @@ case "${1:-}" in
     need_rust
     # python3: a unit test starts a listener in another process with it.
     # faketime: a test steps the edge's wall clock with libfaketime.
+    # nats-server: the fleet replica's tests run real servers (JetStream key-value buckets).
     apt_wanted cmake:cmake curl:curl cc:gcc make:make promtool:prometheus ffmpeg:ffmpeg python3:python3 \
-      faketime:faketime
+      faketime:faketime nats-server:nats-server
     need_hadolint
     log "hadolint Dockerfile"
     "$HADOLINT" Dockerfile

@@ -22,6 +22,7 @@ use crate::revocation::epoch_cache::LastRecord;
 use crate::revocation::epoch_cache::{EpochCache, Lookup};
 use crate::revocation::origin::{OriginClient, OriginError};
 use crate::revocation::record_source::RecordSource;
+use crate::revocation::replica::{Held, Replica, ReplicaAnswer};
 use crate::revocation::Standing;
 
 /// Why a gate could not be built.
@@ -48,6 +49,8 @@ pub struct Gate {
     trusted_proxies: Vec<IpNetwork>,
     routes: Routes,
     clock: SharedClock,
+    /// `replica:`: records come from the fleet replica, not the epoch cache.
+    replica: Option<Arc<Replica>>,
 }
 
 /// A decision and the token source it was made from (for stripping the token later).
@@ -105,6 +108,10 @@ impl Gate {
             metrics.clone(),
             clock.clone(),
         );
+        let replica = settings
+            .replica
+            .clone()
+            .map(|replica| Replica::new(replica, metrics.registry(), clock.clone()));
         Ok(Gate {
             sources: settings.token.sources.clone(),
             verifier,
@@ -119,8 +126,14 @@ impl Gate {
                 .map(InvalidTokenBudget::new),
             trusted_proxies: settings.proxy.trusted_proxies.clone(),
             routes: settings.routes.clone(),
+            replica,
             clock,
         })
+    }
+
+    /// The fleet replica, with `replica:` configured.
+    pub fn replica(&self) -> Option<&Arc<Replica>> {
+        self.replica.as_ref()
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -234,6 +247,33 @@ impl Gate {
         self.decide_for(token, None).await
     }
 
+    /// The decision for a verified token from the fleet replica's record.
+    fn decide_by_replica(&self, replica: &Replica, verified: VerifiedToken) -> Decision {
+        let standing =
+            match replica.answer(&verified.account, &verified.device, verified.session_time) {
+                ReplicaAnswer::NotReady => return Decision::Reject(Reason::NotReady),
+                ReplicaAnswer::Unavailable => {
+                    return match self.on_origin_unavailable {
+                        OnOriginUnavailable::Deny => Decision::Reject(Reason::OriginUnavailable),
+                        OnOriginUnavailable::Allow => Decision::AllowUnchecked {
+                            account: verified.account,
+                            device: verified.device,
+                        },
+                    }
+                }
+                ReplicaAnswer::Held(Held::Record(standing)) => standing,
+                ReplicaAnswer::Held(Held::Absent | Held::Unusable) => Standing::Valid,
+            };
+        match standing {
+            Standing::Valid => Decision::Allow {
+                account: verified.account,
+                device: verified.device,
+            },
+            Standing::SignedOut => Decision::Reject(Reason::SignedOut),
+            Standing::DeviceSignedOut => Decision::Reject(Reason::DeviceSignedOut),
+        }
+    }
+
     /// The seconds until an over-budget client has budget again; `None` if it has some.
     fn over_budget(&self, client: Option<IpAddr>) -> Option<u32> {
         self.invalid_token_budget.as_ref()?.exhausted(client?)
@@ -261,6 +301,9 @@ impl Gate {
                 })
             }
         };
+        if let Some(replica) = &self.replica {
+            return self.decide_by_replica(replica, verified);
+        }
         let found = match &last_record {
             Some(last) => self.cache.lookup_from(&verified.account, last).await,
             // Boxed like the slow path of `lookup_from`: see there.

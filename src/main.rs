@@ -43,22 +43,35 @@ struct Cli {
 }
 
 #[cfg(feature = "demo")]
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand, Debug, Clone)]
 enum Command {
     /// Start a reference auth origin, a demo streaming origin and the edge on loopback, and
     /// walk through a sign-out with curl.
     Demo(epochgate::demo::DemoArgs),
+    /// Run the reference auth origin alone (with `--nats`, it also fills a fleet replica's
+    /// bucket).
+    ReferenceOrigin(epochgate::reference::origin_command::ReferenceOriginArgs),
 }
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     #[cfg(feature = "demo")]
-    if let Some(Command::Demo(args)) = cli.command {
+    if let Some(Command::Demo(args)) = cli.command.clone() {
         return match epochgate::demo::run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("epochgate demo: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    #[cfg(feature = "demo")]
+    if let Some(Command::ReferenceOrigin(args)) = cli.command {
+        return match epochgate::reference::origin_command::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("epochgate reference-origin: {e}");
                 ExitCode::FAILURE
             }
         };

@@ -47,6 +47,8 @@ pub struct Settings {
     /// The top-level `mode` and the `routes`.
     pub routes: Routes,
     pub access_log: AccessLogSettings,
+    /// `replica:`: revocation records from a NATS bucket instead of the auth origin.
+    pub replica: Option<crate::revocation::replica::ReplicaSettings>,
 }
 
 /// The access log: one JSON line per request.

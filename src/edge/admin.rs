@@ -51,6 +51,8 @@ impl AdminApp {
             Some("proxy listener not accepting yet")
         } else if keys == 0 {
             Some("no verification keys loaded yet (JWKS not fetched)")
+        } else if self.gate.replica().is_some_and(|r| !r.loaded()) {
+            Some("the replica's initial values are not all loaded yet")
         } else {
             None
         };
@@ -63,6 +65,11 @@ impl AdminApp {
         });
         if let Some(reason) = reason {
             body["reason"] = reason.into();
+        }
+        if let (Some(replica), Some(body)) = (self.gate.replica(), body.as_object_mut()) {
+            if let serde_json::Value::Object(fields) = replica.readiness() {
+                body.extend(fields);
+            }
         }
         (reason.is_none(), body)
     }
@@ -94,6 +101,9 @@ impl ServeHttp for AdminApp {
                 metrics
                     .feed_last_activity_age
                     .set(self.feed.last_activity_age().as_secs_f64());
+                if let Some(replica) = self.gate.replica() {
+                    replica.refresh_gauges();
+                }
                 respond(200, "text/plain; version=0.0.4", metrics.encode())
             }
             "/healthz" => respond(200, "application/json", br#"{"status":"ok"}"#.to_vec()),

@@ -44,6 +44,8 @@ pub enum StartError {
     AccessLog(#[from] AccessLogError),
     #[error("cannot set up the TLS listener (proxy.tls): {0}")]
     Tls(String),
+    #[error(transparent)]
+    Replica(#[from] crate::revocation::replica::watch::ReplicaError),
 }
 
 /// Fails fast, naming the address, when a listener cannot be bound. Pingora alone retries
@@ -63,6 +65,10 @@ pub struct EdgeServer {
     pub gate: Arc<Gate>,
 }
 
+/// How long the start-up check of the replica's bucket may wait for NATS before the edge
+/// starts anyway (not ready, retrying in the background).
+pub const REPLICA_START_CHECK: Duration = Duration::from_secs(5);
+
 /// How long a new process started with `-u` waits for its keys before taking over the
 /// listeners: the old process keeps serving meanwhile, so no request meets a keyless edge.
 /// Kept well inside the ~5 s for which Pingora's old process retries the hand-over after
@@ -72,6 +78,9 @@ pub const UPGRADE_KEY_WAIT: Duration = Duration::from_secs(3);
 /// Builds the whole edge from validated settings.
 pub fn build(settings: Settings, opt: Opt) -> Result<EdgeServer, StartError> {
     let gate = Arc::new(Gate::new(&settings)?);
+    if let Some(replica) = &settings.replica {
+        crate::revocation::replica::watch::check_at_start(replica, REPLICA_START_CHECK)?;
+    }
     let readiness = Arc::new(Readiness::default());
     let wait = if opt.upgrade {
         UPGRADE_KEY_WAIT
@@ -154,7 +163,15 @@ pub fn build(settings: Settings, opt: Opt) -> Result<EdgeServer, StartError> {
     server.add_service(proxy_service);
     server.add_service(admin_service);
     server.add_service(keys_service);
-    if settings.auth_origin.feed.enabled {
+    if let Some(replica) = gate.replica() {
+        // The replica replaces the feed and the lookups.
+        let mut service = background_service(
+            "epochgate replica",
+            crate::revocation::replica::watch::ReplicaWatch::new(replica.clone()),
+        );
+        service.threads = Some(1);
+        server.add_service(service);
+    } else if settings.auth_origin.feed.enabled {
         server.add_service(feed_service(
             &gate,
             feed_status,

@@ -60,6 +60,19 @@ pub struct AuthOrigin {
     /// Revocation lookups served (what an edge costs this origin).
     pub revocation_requests: AtomicU64,
     pub jwks_requests: AtomicU64,
+    /// With `--nats`: every changed record also goes into the replica bucket, in order.
+    nats: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<NatsJob>>,
+}
+
+/// Work for the task that writes the replica bucket (see [`AuthOrigin::publish_to_nats`]).
+enum NatsJob {
+    Put {
+        account: String,
+        record: RevocationRecord,
+        changed_at_ms: u64,
+    },
+    /// Answered once every earlier put is done.
+    Flush(tokio::sync::oneshot::Sender<()>),
 }
 
 #[derive(Deserialize)]
@@ -92,6 +105,7 @@ impl AuthOrigin {
             feed: broadcast::channel(4096).0,
             revocation_requests: AtomicU64::new(0),
             jwks_requests: AtomicU64::new(0),
+            nats: std::sync::OnceLock::new(),
         })
     }
 
@@ -132,7 +146,16 @@ impl AuthOrigin {
         change(record);
         let record = record.clone();
         let mut data = record_body(account, &record);
-        data["changed_at_ms"] = crate::unix_millis().into();
+        let changed_at_ms = crate::unix_millis();
+        data["changed_at_ms"] = changed_at_ms.into();
+        if let Some(nats) = self.nats.get() {
+            // Sent under the store lock, so the bucket sees changes in record order.
+            let _ = nats.send(NatsJob::Put {
+                account: account.to_string(),
+                record: record.clone(),
+                changed_at_ms,
+            });
+        }
         let entry: FeedEntry = (store.next_seq, data.to_string().into());
         store.next_seq += 1;
         store.log.push_back(entry.clone());
@@ -223,6 +246,53 @@ impl AuthOrigin {
         let claims = data.claims;
         let record = self.record(&claims.sub).unwrap_or_default();
         record.standing(&claims.did, claims.iat) == crate::revocation::Standing::Valid
+    }
+
+    /// Also puts every changed record into the NATS key-value bucket `bucket` (created with
+    /// `max_age` when missing), for edges running a fleet replica. Records changed earlier
+    /// are not republished.
+    pub async fn publish_to_nats(
+        self: &Arc<Self>,
+        url: &str,
+        bucket: &str,
+        max_age: Duration,
+    ) -> Result<(), crate::revocation::replica::publish::PublishError> {
+        let publisher =
+            crate::revocation::replica::publish::Publisher::connect(url, bucket, max_age).await?;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        if self.nats.set(tx).is_err() {
+            return Ok(());
+        }
+        tokio::spawn(async move {
+            while let Some(job) = rx.recv().await {
+                match job {
+                    NatsJob::Put {
+                        account,
+                        record,
+                        changed_at_ms,
+                    } => {
+                        if let Err(e) = publisher.put(&account, &record, changed_at_ms).await {
+                            log::error!("reference auth origin: NATS: {e}");
+                        }
+                    }
+                    NatsJob::Flush(done) => {
+                        let _ = done.send(());
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Waits until every change made so far is in the NATS bucket (at once without `--nats`).
+    pub async fn nats_published(&self) {
+        let Some(nats) = self.nats.get() else {
+            return;
+        };
+        let (done, wait) = tokio::sync::oneshot::channel();
+        if nats.send(NatsJob::Flush(done)).is_ok() {
+            let _ = wait.await;
+        }
     }
 
     pub fn jwks(&self) -> serde_json::Value {
@@ -330,6 +400,7 @@ async fn signout_all(
     Path(account): Path<String>,
 ) -> Json<serde_json::Value> {
     let record = origin.sign_out_all(&account);
+    origin.nats_published().await;
     Json(record_body(&account, &record))
 }
 
@@ -338,5 +409,6 @@ async fn signout_device(
     Path((account, device)): Path<(String, String)>,
 ) -> Json<serde_json::Value> {
     let record = origin.sign_out_device(&account, &device);
+    origin.nats_published().await;
     Json(record_body(&account, &record))
 }

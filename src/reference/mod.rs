@@ -2,6 +2,7 @@
 //! used by `epochgate demo` and by the tests.
 
 pub mod auth_origin;
+pub mod origin_command;
 pub mod signing;
 pub mod stream_origin;
 

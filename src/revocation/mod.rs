@@ -8,6 +8,7 @@ pub mod feed;
 pub mod origin;
 pub mod record;
 pub mod record_source;
+pub mod replica;
 pub mod sse;
 
 pub use record::{RevocationRecord, Standing};

@@ -228,6 +228,16 @@ impl EdgeConfig {
         self.put("cache.max_devices_per_account", devices)
     }
 
+    // --- fleet replica ---
+
+    /// `replica:` with these NATS servers, bucket and `replica.max_stale`.
+    pub fn replica(self, servers: &[String], bucket: &str, max_stale: &str) -> EdgeConfig {
+        let servers: Vec<Value> = servers.iter().map(|s| Value::from(s.as_str())).collect();
+        self.put("replica.nats.servers", Value::Sequence(servers))
+            .put("replica.nats.bucket", bucket)
+            .put("replica.max_stale", max_stale)
+    }
+
     // --- rollout ---
 
     /// The top-level mode: `enforce`, `observe` or `off`.

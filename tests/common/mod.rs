@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod edge;
+pub mod nats;
 pub mod origin;
 pub mod restart_load;
 pub mod tls;

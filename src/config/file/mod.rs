@@ -39,6 +39,9 @@ pub(crate) struct FileConfig {
     pub(crate) routes: Vec<RouteFile>,
     #[serde(default)]
     pub(crate) access_log: AccessLogFile,
+    /// The fleet replica (see `crate::revocation::replica`).
+    #[serde(default)]
+    pub(crate) replica: Option<crate::revocation::replica::ReplicaFile>,
 }
 
 #[derive(Debug, Deserialize)]

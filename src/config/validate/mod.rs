@@ -34,6 +34,10 @@ impl FileConfig {
         check_listeners_distinct(&proxy.listen, admin_listen)?;
         let routes = validate_routes(self.mode, self.routes)?;
         let access_log = self.access_log.validate()?;
+        let replica = match self.replica {
+            Some(replica) => Some(replica.validate(token.max_lifetime)?),
+            None => None,
+        };
         Ok(Settings {
             server,
             proxy,
@@ -45,6 +49,7 @@ impl FileConfig {
             limits,
             routes,
             access_log,
+            replica,
         })
     }
 }

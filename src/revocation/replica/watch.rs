@@ -1,0 +1,400 @@
+//! Keeping the replica current: the NATS connection, the bucket checks, the watch of every
+//! key (resumed from the last applied revision after any interruption) and the periodic
+//! round trip that keeps "last contact" fresh while the bucket is quiet.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, kv};
+use async_trait::async_trait;
+use futures::StreamExt;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use serde::Deserialize;
+
+use super::key::{self, KeyError};
+use super::{Replica, ReplicaSettings};
+use crate::revocation::RevocationRecord;
+
+/// How often the connection is confirmed when no entry arrives.
+const ROUND_TRIP_EVERY: Duration = Duration::from_secs(1);
+/// How long a round trip may take before it does not count as contact.
+const ROUND_TRIP_TIMEOUT: Duration = Duration::from_secs(1);
+/// The client's own keep-alive ping: a silently dead connection is noticed within a few.
+const PING_INTERVAL: Duration = Duration::from_secs(5);
+/// One attempt to reach a server.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often records older than every acceptable token are dropped.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// The longest wait between attempts to (re)open the watch.
+const MAX_RETRY: Duration = Duration::from_secs(5);
+
+/// Why the replica cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    #[error("replica.nats.servers: cannot connect to NATS: {0}")]
+    Connect(String),
+    #[error("replica.nats.credentials_file: {0}")]
+    Credentials(String),
+    #[error("replica.nats.bucket: bucket `{bucket}` does not exist on the NATS servers")]
+    BucketMissing { bucket: String },
+    #[error(
+        "replica.nats.bucket: bucket `{bucket}` keeps values for max_age {max_age} but token.max_lifetime is {max_lifetime}: a sign-out could expire from the bucket while tokens it revokes are still valid (raise the bucket's max_age, or use 0 for no limit)"
+    )]
+    MaxAgeTooShort {
+        bucket: String,
+        max_age: String,
+        max_lifetime: String,
+    },
+    #[error("replica.nats.bucket: bucket `{bucket}`: {message}")]
+    Bucket { bucket: String, message: String },
+}
+
+fn human(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+/// The connection options from the settings. `retry`: keep trying in the background
+/// instead of failing when no server answers at first.
+async fn connect_options(
+    settings: &ReplicaSettings,
+    retry: bool,
+) -> Result<async_nats::ConnectOptions, ReplicaError> {
+    let mut options = async_nats::ConnectOptions::new()
+        .name("epochgate")
+        .ping_interval(PING_INTERVAL)
+        .connection_timeout(CONNECT_TIMEOUT)
+        .max_reconnects(None)
+        // Reconnect attempts back off to at most a second (the default goes to 4 s).
+        .reconnect_delay_callback(|attempts| {
+            Duration::from_millis((attempts as u64 * 100).min(1000))
+        });
+    if retry {
+        options = options.retry_on_initial_connect();
+    }
+    if let Some(path) = &settings.credentials_file {
+        options = options
+            .credentials_file(path)
+            .await
+            .map_err(|e| ReplicaError::Credentials(format!("{}: {e}", path.display())))?;
+    }
+    if let Some(path) = &settings.tls_ca_file {
+        options = options
+            .add_root_certificates(path.clone())
+            .require_tls(true);
+    }
+    Ok(options)
+}
+
+fn server_addrs(settings: &ReplicaSettings) -> Vec<async_nats::ServerAddr> {
+    // Validated in the config; a URL that no longer parses is skipped.
+    settings
+        .servers
+        .iter()
+        .filter_map(|s| s.parse().ok())
+        .collect()
+}
+
+/// Opens the bucket and checks it: it exists, and keeps values at least as long as a token
+/// lives (`max_age` 0 means forever).
+async fn open_bucket(
+    js: &jetstream::Context,
+    settings: &ReplicaSettings,
+) -> Result<kv::Store, ReplicaError> {
+    let bucket = &settings.bucket;
+    let stream = js.get_stream(format!("KV_{bucket}")).await.map_err(|e| {
+        use jetstream::context::GetStreamErrorKind;
+        match e.kind() {
+            GetStreamErrorKind::JetStream(js_error)
+                if js_error.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+            {
+                ReplicaError::BucketMissing {
+                    bucket: bucket.clone(),
+                }
+            }
+            _ => ReplicaError::Bucket {
+                bucket: bucket.clone(),
+                message: e.to_string(),
+            },
+        }
+    })?;
+    let max_age = stream.cached_info().config.max_age;
+    if !max_age.is_zero() && max_age < settings.max_lifetime {
+        return Err(ReplicaError::MaxAgeTooShort {
+            bucket: bucket.clone(),
+            max_age: human(max_age),
+            max_lifetime: human(settings.max_lifetime),
+        });
+    }
+    js.get_key_value(bucket.as_str())
+        .await
+        .map_err(|e| ReplicaError::Bucket {
+            bucket: bucket.clone(),
+            message: e.to_string(),
+        })
+}
+
+/// The start-up check, before any listener exists: when a server answers within `wait`,
+/// the bucket must exist and be fit, or the edge does not start. When none answers, the
+/// edge starts not ready and the watch keeps trying (and checks the bucket then).
+pub fn check_at_start(settings: &ReplicaSettings, wait: Duration) -> Result<(), ReplicaError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ReplicaError::Connect(e.to_string()))?;
+    runtime.block_on(async {
+        let options = connect_options(settings, false).await?;
+        let client = match tokio::time::timeout(wait, options.connect(server_addrs(settings))).await
+        {
+            Ok(Ok(client)) => client,
+            Ok(Err(e)) => {
+                log::warn!("replica: no NATS server reachable at start ({e}); starting not ready");
+                return Ok(());
+            }
+            Err(_) => {
+                log::warn!("replica: no NATS server answered within {wait:?}; starting not ready");
+                return Ok(());
+            }
+        };
+        let js = jetstream::new(client);
+        match tokio::time::timeout(wait, open_bucket(&js, settings)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(
+                e @ (ReplicaError::BucketMissing { .. } | ReplicaError::MaxAgeTooShort { .. }),
+            )) => Err(e),
+            Ok(Err(e)) => {
+                log::warn!("replica: {e}; starting not ready");
+                Ok(())
+            }
+            Err(_) => {
+                log::warn!("replica: the bucket check timed out; starting not ready");
+                Ok(())
+            }
+        }
+    })
+}
+
+/// A bucket value: the record `GET /v1/revocations/{account}` answers.
+#[derive(Deserialize)]
+struct Value {
+    account_id: String,
+    epoch: u64,
+    #[serde(default)]
+    devices: HashMap<String, u64>,
+    #[serde(default)]
+    changed_at_ms: Option<u64>,
+}
+
+/// Applies one bucket entry to the replica.
+fn apply(replica: &Replica, entry: &kv::Entry) {
+    let account = match key::decode(&entry.key) {
+        Ok(account) => account,
+        Err(KeyError::NotCanonical { account }) => {
+            log::warn!("replica: a key not in the canonical encoding of its account id; that account is unusable until a valid value arrives");
+            replica.count_malformed();
+            replica.store.mark_unusable(&account);
+            return;
+        }
+        Err(e) => {
+            log::warn!("replica: skipped a key: {e}");
+            replica.count_malformed();
+            return;
+        }
+    };
+    match entry.operation {
+        kv::Operation::Delete | kv::Operation::Purge => {
+            replica.store.remove(&account);
+            replica.count_applied(None, false);
+        }
+        kv::Operation::Put => match serde_json::from_slice::<Value>(&entry.value) {
+            Ok(value) if value.account_id == account => {
+                replica.store.merge(
+                    &account,
+                    &RevocationRecord {
+                        epoch: value.epoch,
+                        devices: value.devices,
+                    },
+                );
+                replica.count_applied(value.changed_at_ms, replica.loaded());
+            }
+            Ok(_) => {
+                log::warn!("replica: a value whose account_id does not match its key; that account is unusable until a valid value arrives");
+                replica.count_malformed();
+                replica.store.mark_unusable(&account);
+            }
+            Err(e) => {
+                log::warn!("replica: a value that is not a revocation record ({e}); that account is unusable until a valid value arrives");
+                replica.count_malformed();
+                replica.store.mark_unusable(&account);
+            }
+        },
+    }
+}
+
+/// The background service that keeps the replica current.
+pub struct ReplicaWatch {
+    replica: Arc<Replica>,
+}
+
+impl ReplicaWatch {
+    pub fn new(replica: Arc<Replica>) -> ReplicaWatch {
+        ReplicaWatch { replica }
+    }
+
+    /// Opens the bucket and a watch of every key from `revision` on.
+    async fn open(
+        &self,
+        js: &jetstream::Context,
+        revision: u64,
+    ) -> Result<kv::Watch, ReplicaError> {
+        let settings = self.replica.settings();
+        let store = open_bucket(js, settings).await?;
+        let values =
+            store
+                .status()
+                .await
+                .map(|s| s.values())
+                .map_err(|e| ReplicaError::Bucket {
+                    bucket: settings.bucket.clone(),
+                    message: e.to_string(),
+                })?;
+        let watch =
+            store
+                .watch_all_from_revision(revision)
+                .await
+                .map_err(|e| ReplicaError::Bucket {
+                    bucket: settings.bucket.clone(),
+                    message: e.to_string(),
+                })?;
+        self.replica.contact();
+        // An empty bucket delivers nothing, so the last initial value (`delta` 0) never
+        // comes: it is complete as it is.
+        if values == 0 {
+            self.replica.set_complete();
+        }
+        Ok(watch)
+    }
+
+    /// Confirms the connection every second, and drops expired records every minute.
+    async fn keep_in_touch(replica: Arc<Replica>, client: async_nats::Client) {
+        let mut last_sweep = Instant::now();
+        loop {
+            tokio::time::sleep(ROUND_TRIP_EVERY).await;
+            let up = client.connection_state() == async_nats::connection::State::Connected
+                && tokio::time::timeout(ROUND_TRIP_TIMEOUT, client.flush())
+                    .await
+                    .is_ok_and(|r| r.is_ok())
+                && client.connection_state() == async_nats::connection::State::Connected;
+            if up {
+                replica.contact();
+            } else {
+                replica.lost_contact();
+            }
+            if last_sweep.elapsed() >= SWEEP_EVERY {
+                last_sweep = Instant::now();
+                let before = replica
+                    .clock
+                    .unix_secs()
+                    .saturating_sub(replica.settings.max_lifetime.as_secs());
+                let forgotten = replica.store.forget_older_than(before);
+                if forgotten > 0 {
+                    log::info!(
+                        "replica: dropped {forgotten} record(s) older than token.max_lifetime"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for ReplicaWatch {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let settings = self.replica.settings().clone();
+        let options = match connect_options(&settings, true).await {
+            Ok(options) => options,
+            Err(e) => {
+                log::error!("replica: {e}");
+                return;
+            }
+        };
+        let client = match options.connect(server_addrs(&settings)).await {
+            Ok(client) => client,
+            Err(e) => {
+                log::error!("replica: {}", ReplicaError::Connect(e.to_string()));
+                return;
+            }
+        };
+        let pinger = tokio::spawn(ReplicaWatch::keep_in_touch(
+            self.replica.clone(),
+            client.clone(),
+        ));
+        let js = jetstream::new(client);
+        // The next revision to apply: after an interruption the watch resumes here, so
+        // nothing published meanwhile is missed.
+        let mut next_revision = 1;
+        let mut retry = Duration::from_millis(100);
+        let mut last_error = String::new();
+        'outer: loop {
+            let opened = tokio::select! {
+                opened = self.open(&js, next_revision) => opened,
+                _ = shutdown.changed() => break,
+            };
+            let mut watch = match opened {
+                Ok(watch) => watch,
+                Err(e) => {
+                    let message = e.to_string();
+                    if message != last_error {
+                        log::warn!("replica: {message}; retrying");
+                        last_error = message;
+                    }
+                    self.replica.set_watching(false);
+                    tokio::select! {
+                        _ = tokio::time::sleep(retry) => {}
+                        _ = shutdown.changed() => break,
+                    }
+                    retry = (retry * 2).min(MAX_RETRY);
+                    continue;
+                }
+            };
+            if !last_error.is_empty() {
+                log::info!(
+                    "replica: watching bucket `{}` again from revision {next_revision}",
+                    settings.bucket
+                );
+            }
+            last_error.clear();
+            retry = Duration::from_millis(100);
+            self.replica.set_watching(true);
+            loop {
+                let entry = tokio::select! {
+                    entry = watch.next() => entry,
+                    _ = shutdown.changed() => break 'outer,
+                };
+                match entry {
+                    Some(Ok(entry)) => {
+                        self.replica.contact();
+                        apply(&self.replica, &entry);
+                        next_revision = entry.revision + 1;
+                        if entry.delta == 0 {
+                            self.replica.set_complete();
+                        }
+                    }
+                    Some(Err(e)) => {
+                        log::warn!("replica: the watch was interrupted ({e}); resuming from revision {next_revision}");
+                        break;
+                    }
+                    None => {
+                        log::warn!(
+                            "replica: the watch ended; resuming from revision {next_revision}"
+                        );
+                        break;
+                    }
+                }
+            }
+            self.replica.set_watching(false);
+        }
+        pinger.abort();
+    }
+}

@@ -1,0 +1,612 @@
+//! The fleet replica: revocation records from a NATS JetStream bucket (real nats-server
+//! processes on loopback, storage in temp dirs), decisions on the real edge binary.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::nats::{create_bucket, put_many, put_raw, put_record, NatsServer, Relay};
+use common::*;
+use epochgate::reference::auth_origin::AuthOrigin;
+
+const BUCKET: &str = "epochgate-revocations";
+const MONTH: Duration = Duration::from_secs(30 * 86_400);
+
+/// How an edge of these tests is configured.
+struct ReplicaEdge<'a> {
+    servers: Vec<String>,
+    max_stale: &'a str,
+    policy: &'a str,
+    max_lifetime: Option<&'a str>,
+    bucket: &'a str,
+}
+
+impl Default for ReplicaEdge<'_> {
+    fn default() -> Self {
+        ReplicaEdge {
+            servers: Vec::new(),
+            max_stale: "10m",
+            policy: "deny",
+            max_lifetime: Some("30d"),
+            bucket: BUCKET,
+        }
+    }
+}
+
+impl ReplicaEdge<'_> {
+    fn config(&self, origin_url: &str, upstream: &Upstream) -> EdgeConfig {
+        let config = EdgeConfig::to(origin_url, upstream.addr)
+            .replica(&self.servers, self.bucket, self.max_stale)
+            .refresh_after("30s")
+            .max_stale("10m")
+            .on_origin_unavailable(self.policy);
+        match self.max_lifetime {
+            Some(lifetime) => config.max_lifetime(lifetime),
+            None => config,
+        }
+    }
+
+    /// Starts the edge process without waiting for readiness.
+    fn spawn(&self, origin_url: &str, upstream: &Upstream) -> Edge {
+        self.config(origin_url, upstream).spawn()
+    }
+
+    async fn start(&self, origin_url: &str, upstream: &Upstream) -> Edge {
+        let edge = self.spawn(origin_url, upstream);
+        edge.wait_ready().await;
+        edge
+    }
+}
+
+fn on(server: &NatsServer) -> ReplicaEdge<'static> {
+    ReplicaEdge {
+        servers: vec![server.url()],
+        ..ReplicaEdge::default()
+    }
+}
+
+async fn status(edge: &Edge, token: &str) -> u16 {
+    edge.get_with_token("/", token).await.status().as_u16()
+}
+
+/// The `error` of a rejection.
+async fn error_of(edge: &Edge, token: &str, expected_status: u16) -> String {
+    let body = rejection(edge.get_with_token("/", token).await, expected_status).await;
+    body["error"].as_str().unwrap_or_default().to_string()
+}
+
+// ---------------------------------------------------------------------------
+// A sign-out at the reference auth origin, through the bucket, to three edges
+// ---------------------------------------------------------------------------
+
+struct Fleet {
+    _nats: NatsServer,
+    origin: Arc<AuthOrigin>,
+    origin_url: String,
+    _upstream: Upstream,
+    edges: Vec<Edge>,
+    client: reqwest::Client,
+}
+
+/// One NATS server, the reference auth origin publishing to it (`--nats`), three edges.
+async fn fleet() -> Fleet {
+    let nats = NatsServer::start();
+    let origin = AuthOrigin::new(ISSUER, AUDIENCE).unwrap();
+    origin
+        .publish_to_nats(&nats.url(), BUCKET, MONTH)
+        .await
+        .expect("the reference origin creates the bucket");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin_url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(epochgate::reference::serve(
+        listener,
+        origin.router(),
+        std::future::pending(),
+    ));
+    let upstream = Upstream::start().await;
+    let config = on(&nats);
+    let edges =
+        futures::future::join_all((0..3).map(|_| config.start(&origin_url, &upstream))).await;
+    Fleet {
+        _nats: nats,
+        origin,
+        origin_url,
+        _upstream: upstream,
+        edges,
+        client: reqwest::Client::new(),
+    }
+}
+
+impl Fleet {
+    async fn post(&self, path: &str) {
+        let r = self
+            .client
+            .post(format!("{}{path}", self.origin_url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+    }
+
+    /// Waits (one second at most) until every edge answers `status` with `error`.
+    async fn every_edge_rejects(&self, token: &str, status: u16, error: &str) {
+        for edge in &self.edges {
+            eventually(
+                Duration::from_secs(1),
+                &format!("{status} {error}"),
+                || async move {
+                    let r = edge.get_with_token("/", token).await;
+                    if r.status() != status {
+                        return None;
+                    }
+                    let body: serde_json::Value = r.json().await.ok()?;
+                    (body["error"] == error).then_some(())
+                },
+            )
+            .await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn sign_out_at_the_reference_origin_reaches_every_edge_within_a_second_without_lookups() {
+    let fleet = fleet().await;
+    let token = fleet.origin.issue_token("alice", "tv").unwrap();
+    for edge in &fleet.edges {
+        assert_eq!(status(edge, &token).await, 200);
+    }
+    fleet.post("/v1/accounts/alice/signout-all").await;
+    fleet.every_edge_rejects(&token, 401, "signed_out").await;
+    assert_eq!(
+        fleet
+            .origin
+            .revocation_requests
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "no edge looked a record up at the auth origin"
+    );
+}
+
+#[tokio::test]
+async fn device_sign_out_at_the_reference_origin_rejects_only_that_device_on_every_edge() {
+    let fleet = fleet().await;
+    let tv = fleet.origin.issue_token("alice", "tv").unwrap();
+    let phone = fleet.origin.issue_token("alice", "phone").unwrap();
+    fleet.post("/v1/accounts/alice/devices/tv/signout").await;
+    fleet
+        .every_edge_rejects(&tv, 401, "device_signed_out")
+        .await;
+    for edge in &fleet.edges {
+        assert_eq!(
+            status(edge, &phone).await,
+            200,
+            "the other device still plays"
+        );
+    }
+    assert_eq!(
+        fleet
+            .origin
+            .revocation_requests
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Start-up and readiness
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn restarted_edge_is_ready_only_with_all_10000_records_and_rejects_on_its_first_request() {
+    let nats = NatsServer::start();
+    let store = create_bucket(&nats.url(), BUCKET, MONTH, 1).await;
+    let origin = TestOrigin::start().await;
+    let upstream = Upstream::start().await;
+    let token = origin.token("account-9999", "tv");
+    put_many(&store, "account-", 10_000, now() + 1).await;
+    let mut edge = on(&nats).start(&origin.url(), &upstream).await;
+    edge.restart();
+    // Every /readyz is looked at: none may say ready before all records are in.
+    eventually(
+        Duration::from_secs(15),
+        "ready after the restart",
+        || async {
+            let r = edge
+                .client
+                .get(edge.admin_url("/readyz"))
+                .send()
+                .await
+                .ok()?;
+            let ready = r.status() == 200;
+            let body: serde_json::Value = r.json().await.ok()?;
+            if ready {
+                assert_eq!(body["replica"], "complete");
+                assert_eq!(body["replica_records"], 10_000, "ready with every record");
+            }
+            ready.then_some(())
+        },
+    )
+    .await;
+    assert_eq!(error_of(&edge, &token, 401).await, "signed_out");
+    assert_eq!(origin.revocation_requests(), 0);
+    assert_eq!(edge.metric("epochgate_replica_records").await, 10_000.0);
+}
+
+#[tokio::test]
+async fn empty_bucket_is_complete_at_once() {
+    let nats = NatsServer::start();
+    create_bucket(&nats.url(), BUCKET, MONTH, 1).await;
+    let origin = TestOrigin::start().await;
+    let upstream = Upstream::start().await;
+    let edge = on(&nats).start(&origin.url(), &upstream).await;
+    let body = edge.readiness().await;
+    assert_eq!(body["replica"], "complete");
+    assert_eq!(body["replica_records"], 0);
+    assert_eq!(status(&edge, &origin.token("alice", "tv")).await, 200);
+    assert_eq!(origin.revocation_requests(), 0);
+}
+
+#[tokio::test]
+async fn nats_down_at_start_keeps_the_edge_not_ready_until_it_comes() {
+    let mut nats = NatsServer::start();
+    let store = create_bucket(&nats.url(), BUCKET, MONTH, 1).await;
+    put_record(&store, "alice", now() + 1, &[]).await;
+    nats.stop();
+    let origin = TestOrigin::start().await;
+    let upstream = Upstream::start().await;
+    let edge = on(&nats).spawn(&origin.url(), &upstream);
+    let token = origin.token("alice", "tv");
+    let body = eventually(Duration::from_secs(10), "readyz answers", || async {
+        edge.client
+            .get(edge.admin_url("/readyz"))
+            .send()
+            .await
+            .ok()?
+            .json::<serde_json::Value>()
+            .await
+            .ok()
+    })
+    .await;
+    assert_eq!(body["ready"], false);
+    assert_eq!(body["replica"], "disconnected");
+    assert_eq!(
+        error_of(&edge, &origin.token("bob", "tv"), 503).await,
+        "not_ready"
+    );
+
+    nats.start_again();
+    edge.wait_ready().await;
+    assert_eq!(edge.readiness().await["replica"], "complete");
+    assert_eq!(error_of(&edge, &token, 401).await, "signed_out");
+}
+
+// ---------------------------------------------------------------------------
+// NATS lost after start
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn nats_down_later_is_served_from_the_replica_until_max_stale_then_by_the_policy() {
+    let mut nats = NatsServer::start();
+    let store = create_bucket(&nats.url(), BUCKET, MONTH, 1).await;
+    put_record(&store, "alice", now() + 1, &[]).await;
+    let origin = TestOrigin::start().await;
+    let upstream = Upstream::start().await;
+    let edge = ReplicaEdge {
+        max_stale: "3s",
+        ..on(&nats)
+    }
+    .start(&origin.url(), &upstream)
+    .await;
+    let (alice, bob) = (origin.token("alice", "tv"), origin.token("bob", "tv"));
+
+    nats.stop();
+    // Within max_stale: the replica decides.
+    assert_eq!(error_of(&edge, &alice, 401).await, "signed_out");
+    assert_eq!(status(&edge, &bob).await, 200);
+    eventually(Duration::from_secs(5), "replica disconnected", || async {
+        (edge.readiness().await["replica"] == "disconnected").then_some(())
+    })
+    .await;
+    // Past it: `deny` for every request.
+    eventually(
+        Duration::from_secs(10),
+        "503 origin_unavailable",
+        || async { (status(&edge, &bob).await == 503).then_some(()) },
+    )
+    .await;
+    assert_eq!(error_of(&edge, &bob, 503).await, "origin_unavailable");
+    assert_eq!(error_of(&edge, &alice, 503).await, "origin_unavailable");
+    assert!(
+        edge.metric("epochgate_replica_last_contact_age_seconds")
+            .await
+            >= 3.0
+    );
+    assert_eq!(
+        edge.metric("epochgate_replica_state{state=\"disconnected\"}")
+            .await,
+        1.0
+    );
+
+    nats.start_again();
+    eventually(Duration::from_secs(10), "served again", || async {
+        (status(&edge, &bob).await == 200).then_some(())
+    })
+    .await;
+    assert_eq!(error_of(&edge, &alice, 401).await, "signed_out");
+    assert_eq!(origin.revocation_requests(), 0);
+}
+
+#[tokio::test]
+async fn a_quiet_bucket_does_not_make_the_replica_stale() {
+    let nats = NatsServer::start();
+    let store = create_bucket(&nats.url(), BUCKET, MONTH, 1).await;
+    put_record(&store, "alice", now() + 1, &[]).await;
+    let origin = TestOrigin::start().await;
+    let upstream = Upstream::start().await;
+    let edge = ReplicaEdge {
+        max_stale: "2s",
+        ..on(&nats)
+    }
+    .start(&origin.url(), &upstream)
+    .await;
+    // Twice max_stale without a single entry: the round trips keep the contact fresh.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(status(&edge, &origin.token("bob", "tv")).await, 200);
+    assert_eq!(
+        error_of(&edge, &origin.token("alice", "tv"), 401).await,
+        "signed_out"
+    );
+    assert!(
+        edge.metric("epochgate_replica_last_contact_age_seconds")
+            .await
+            < 2.0
+    );
+    assert_eq!(
+        edge.metric("epochgate_replica_state{state=\"complete\"}")
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn past_max_stale_the_allow_policy_forwards_unchecked() {
+    let mut nats = NatsServer::start();
+    let store = create_bucket(&nats.url(), BUCKET, MONTH, 1).await;
+    put_record(&store, "alice", now() + 1, &[]).await;
+    let origin = TestOrigin::start().await;
+    let upstream = Upstream::start().await;
+    let edge = ReplicaEdge {
+        max_stale: "2s",
+        policy: "allow",
+        ..on(&nats)
+    }
+    .start(&origin.url(), &upstream)
+    .await;
+    let alice = origin.token("alice", "tv");
+    nats.stop();
+    eventually(Duration::from_secs(10), "allowed unchecked", || async {
+        (status(&edge, &alice).await == 200).then_some(())
+    })
+    .await;
+    assert_eq!(
+        edge.metric("epochgate_requests_total{decision=\"allowed_origin_unavailable\"}")
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn updates_made_while_the_edge_was_cut_off_arrive_when_it_reconnects() {
+    let nats = NatsServer::start();
+    let store = create_bucket(&nats.url(), BUCKET, MONTH, 1).await;
+    put_record(&store, "alice", 1_000, &[]).await;
+    let mut relay = Relay::start(nats.port).await;
+    let origin = TestOrigin::start().await;
+    let upstream = Upstream::start().await;
+    let edge = ReplicaEdge {
+        servers: vec![relay.url()],
+        ..ReplicaEdge::default()
+    }
+    .start(&origin.url(), &upstream)
+    .await;
+    let (alice, bob) = (origin.token("alice", "tv"), origin.token("bob", "phone"));
+    assert_eq!(status(&edge, &alice).await, 200);
+
+    relay.cut();
+    eventually(Duration::from_secs(10), "replica disconnected", || async {
+        (edge.readiness().await["replica"] == "disconnected").then_some(())
+    })
+    .await;
+    // Sign-outs published while this edge cannot hear them.
+    put_record(&store, "alice", now() + 1, &[]).await;
+    put_record(&store, "bob", 1_000, &[("phone", now() + 1)]).await;
+    assert_eq!(status(&edge, &alice).await, 200, "not heard yet");
+
+    relay.restore().await;
+    edge.until_status(&alice, 401).await;
+    assert_eq!(error_of(&edge, &alice, 401).await, "signed_out");
+    assert_eq!(error_of(&edge, &bob, 401).await, "device_signed_out");
+    assert_eq!(edge.readiness().await["replica"], "complete");
+}
+
+// ---------------------------------------------------------------------------
+// Values the edge cannot use
+// ---------------------------------------------------------------------------
+
+/// A ready edge on a bucket holding a signed-out `carol`, and the bucket.
+async fn edge_with_carol() -> (
+    NatsServer,
+    async_nats::jetstream::kv::Store,
+    TestOrigin,
+    Upstream,
+    Edge,
+) {
+    let nats = NatsServer::start();
+    let store = create_bucket(&nats.url(), BUCKET, MONTH, 1).await;
+    put_record(&store, "carol", now() + 1, &[]).await;
+    let origin = TestOrigin::start().await;
+    let upstream = Upstream::start().await;
+    let edge = on(&nats).start(&origin.url(), &upstream).await;
+    (nats, store, origin, upstream, edge)
+}
+
+/// After a bad entry for `alice`: counted as malformed, alice falls to the policy (deny),
+/// carol is still signed out, and a valid value makes alice usable again.
+async fn alice_is_unusable_until_a_valid_value(
+    edge: &Edge,
+    store: &async_nats::jetstream::kv::Store,
+    origin: &TestOrigin,
+    key: &str,
+) {
+    let alice = origin.token("alice", "tv");
+    eventually(Duration::from_secs(5), "counted malformed", || async {
+        (edge
+            .metric("epochgate_replica_updates_total{outcome=\"malformed\"}")
+            .await
+            == 1.0)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(error_of(edge, &alice, 503).await, "origin_unavailable");
+    assert_eq!(
+        error_of(edge, &origin.token("carol", "tv"), 401).await,
+        "signed_out"
+    );
+    assert_eq!(status(edge, &origin.token("bob", "tv")).await, 200);
+
+    put_raw(
+        store,
+        key,
+        &serde_json::json!({"account_id": "alice", "epoch": 1_000, "devices": {}}).to_string(),
+    )
+    .await;
+    edge.until_status(&alice, 200).await;
+    assert_eq!(origin.revocation_requests(), 0);
+}
+
+#[tokio::test]
+async fn malformed_value_is_counted_and_its_account_falls_to_the_policy() {
+    let (_nats, store, origin, _upstream, edge) = edge_with_carol().await;
+    put_raw(&store, "alice", "{not json").await;
+    alice_is_unusable_until_a_valid_value(&edge, &store, &origin, "alice").await;
+}
+
+#[tokio::test]
+async fn value_for_another_account_than_its_key_is_counted_and_that_key_falls_to_the_policy() {
+    let (_nats, store, origin, _upstream, edge) = edge_with_carol().await;
+    let value = serde_json::json!({"account_id": "mallory", "epoch": 1, "devices": {}});
+    put_raw(&store, "alice", &value.to_string()).await;
+    alice_is_unusable_until_a_valid_value(&edge, &store, &origin, "alice").await;
+    // The value named mallory, but mallory's record was not touched.
+    assert_eq!(status(&edge, &origin.token("mallory", "tv")).await, 200);
+}
+
+#[tokio::test]
+async fn key_in_the_wrong_encoding_is_counted_and_its_account_falls_to_the_policy() {
+    let (_nats, store, origin, _upstream, edge) = edge_with_carol().await;
+    // `alice` written base64url-encoded: not how her key is spelled.
+    let value = serde_json::json!({"account_id": "alice", "epoch": 1, "devices": {}});
+    put_raw(&store, "b64.YWxpY2U", &value.to_string()).await;
+    alice_is_unusable_until_a_valid_value(&edge, &store, &origin, "alice").await;
+}
+
+#[tokio::test]
+async fn key_that_names_no_account_is_counted_and_changes_nothing() {
+    let (_nats, store, origin, _upstream, edge) = edge_with_carol().await;
+    put_raw(&store, "b64.____", "{}").await;
+    eventually(Duration::from_secs(5), "counted malformed", || async {
+        (edge
+            .metric("epochgate_replica_updates_total{outcome=\"malformed\"}")
+            .await
+            == 1.0)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        error_of(&edge, &origin.token("carol", "tv"), 401).await,
+        "signed_out"
+    );
+    assert_eq!(status(&edge, &origin.token("alice", "tv")).await, 200);
+}
+
+#[tokio::test]
+async fn an_email_account_id_is_found_under_its_encoded_key() {
+    let (_nats, store, origin, _upstream, edge) = edge_with_carol().await;
+    put_record(&store, "dave@example.com", now() + 1, &[]).await;
+    edge.until_status(&origin.token("dave@example.com", "tv"), 401)
+        .await;
+    assert_eq!(
+        edge.metric("epochgate_replica_updates_total{outcome=\"malformed\"}")
+            .await,
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn deleted_key_unrevokes_nobody_else_and_removes_the_record() {
+    let (_nats, store, origin, _upstream, edge) = edge_with_carol().await;
+    let carol = origin.token("carol", "tv");
+    assert_eq!(status(&edge, &carol).await, 401);
+    store.delete("carol").await.unwrap();
+    edge.until_status(&carol, 200).await;
+    assert_eq!(edge.metric("epochgate_replica_records").await, 0.0);
+}
+
+// ---------------------------------------------------------------------------
+// Configuration and start-up checks
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn replica_without_token_max_lifetime_is_a_config_error_naming_the_key() {
+    let nats = NatsServer::start();
+    let origin = TestOrigin::start().await;
+    let upstream = Upstream::start().await;
+    let (code, out) = ReplicaEdge {
+        max_lifetime: None,
+        ..on(&nats)
+    }
+    .config(&origin.url(), &upstream)
+    .check();
+    assert_ne!(code, 0);
+    assert!(out.contains("token.max_lifetime"), "{out}");
+}
+
+#[tokio::test]
+async fn missing_bucket_refuses_to_start() {
+    let nats = NatsServer::start();
+    let origin = TestOrigin::start().await;
+    let upstream = Upstream::start().await;
+    let mut edge = on(&nats).spawn(&origin.url(), &upstream);
+    let status = edge
+        .wait_exit(Duration::from_secs(15))
+        .expect("the edge exits");
+    assert!(!status.success());
+    let log = edge.log();
+    assert!(
+        log.contains("epochgate-revocations") && log.contains("does not exist"),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn bucket_max_age_shorter_than_token_max_lifetime_refuses_to_start_naming_both() {
+    let nats = NatsServer::start();
+    create_bucket(&nats.url(), BUCKET, Duration::from_secs(3600), 1).await;
+    let origin = TestOrigin::start().await;
+    let upstream = Upstream::start().await;
+    let mut edge = ReplicaEdge {
+        max_lifetime: Some("2h"),
+        ..on(&nats)
+    }
+    .spawn(&origin.url(), &upstream);
+    let status = edge
+        .wait_exit(Duration::from_secs(15))
+        .expect("the edge exits");
+    assert!(!status.success());
+    let log = edge.log();
+    assert!(
+        log.contains("max_age 1h") && log.contains("token.max_lifetime is 2h"),
+        "{log}"
+    );
+}

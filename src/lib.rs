@@ -29,6 +29,8 @@
 //!   - [`revocation::origin`]: the auth origin's HTTP client (lookups, JWKS, feed).
 //!   - [`revocation::feed`]: the pushed sign-outs (SSE) and their status.
 //!   - [`revocation::sse`]: the Server-Sent Events parser.
+//!   - [`revocation::replica`]: the fleet replica: every record, from a NATS JetStream
+//!     bucket (key encoding, compact store, watch, `replica:` settings, publisher).
 //! - `edge/`: the Pingora side.
 //!   - [`edge::admission`]: running the gate on a Pingora session, writing rejections.
 //!   - [`edge::forward`]: the request the upstream receives (identity in, token out).

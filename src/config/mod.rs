@@ -10,6 +10,7 @@
 
 mod duration;
 mod file;
+mod replica;
 mod server;
 mod settings;
 #[cfg(test)]
@@ -21,6 +22,7 @@ use std::path::Path;
 use file::FileConfig;
 
 pub use duration::HumanDuration;
+pub use replica::{ReplicaFile, ReplicaSettings, DEFAULT_BUCKET};
 pub use server::{DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS, DEFAULT_GRACE_PERIOD_SECONDS};
 pub use settings::{
     AccessLogSettings, AuthOriginSettings, BudgetSettings, CacheSettings, DownstreamTls,

@@ -48,7 +48,7 @@ pub struct Settings {
     pub routes: Routes,
     pub access_log: AccessLogSettings,
     /// `replica:`: revocation records from a NATS bucket instead of the auth origin.
-    pub replica: Option<crate::revocation::replica::ReplicaSettings>,
+    pub replica: Option<crate::config::ReplicaSettings>,
 }
 
 /// The access log: one JSON line per request.

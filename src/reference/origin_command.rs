@@ -4,8 +4,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::config::DEFAULT_BUCKET;
 use crate::reference::auth_origin::AuthOrigin;
-use crate::revocation::replica::settings::DEFAULT_BUCKET;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ReferenceOriginArgs {

@@ -4,7 +4,6 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use crate::clock::SharedClock;
-use crate::revocation::epoch_cache::CachedRecord;
 
 /// What the revocation feed vouches for. While the feed is connected, a record confirmed
 /// after `covered_since` cannot have missed a sign-out, so it needs no periodic refresh.
@@ -53,13 +52,17 @@ impl FeedCoverage {
 
     // A record confirmed in the same millisecond as a reset or a fresh connection may come
     // from before it: ties count as before (one more fetch, never a missed sign-out).
-    pub(crate) fn covers(&self, entry: &CachedRecord) -> bool {
+    /// Whether a record the origin confirmed at `confirmed_at_ms` (monotonic) cannot have
+    /// missed a sign-out since.
+    pub fn covers(&self, confirmed_at_ms: u64) -> bool {
         self.connected.load(Ordering::Acquire)
-            && entry.confirmed_at_ms > self.covered_since_ms.load(Ordering::Acquire)
+            && confirmed_at_ms > self.covered_since_ms.load(Ordering::Acquire)
     }
 
-    pub(crate) fn due(&self, entry: &CachedRecord) -> bool {
-        entry.forced_due.load(Ordering::Acquire)
-            || entry.confirmed_at_ms <= self.due_before_ms.load(Ordering::Acquire)
+    /// Whether a record confirmed at `confirmed_at_ms` must be checked with the origin before
+    /// its next use: confirmed before a `reset`, or `forced` (its account was named in an
+    /// event that could not be used).
+    pub fn due(&self, confirmed_at_ms: u64, forced: bool) -> bool {
+        forced || confirmed_at_ms <= self.due_before_ms.load(Ordering::Acquire)
     }
 }

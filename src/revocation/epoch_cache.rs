@@ -32,19 +32,23 @@ pub struct CachedRecord {
     devices: Option<Box<HashMap<String, u64>>>,
     /// When the origin (or the feed) last confirmed it, on the monotonic clock: for a fetch,
     /// when it was asked for, since its answer may predate its arrival.
-    pub(crate) confirmed_at_ms: u64,
+    confirmed_at_ms: u64,
     /// The last failed check or background refresh, on the monotonic clock (0: none).
     last_attempt_ms: AtomicU64,
     /// Set while a background refresh of this entry is running or waiting to retry.
     refresh_claimed: AtomicBool,
     /// Must be checked with the origin before its next use (the feed may have lost a change).
-    pub(crate) forced_due: AtomicBool,
+    forced_due: AtomicBool,
     /// No longer the cache's record for its account (replaced by a newer one, or evicted):
     /// a [`LastRecord`] holding it must look the account up again.
     superseded: AtomicBool,
 }
 
 impl CachedRecord {
+    fn forced_due(&self) -> bool {
+        self.forced_due.load(Ordering::Acquire)
+    }
+
     fn new(record: RevocationRecord, confirmed_at_ms: u64) -> Self {
         CachedRecord {
             epoch: record.epoch,
@@ -176,14 +180,17 @@ impl EpochCache {
 
     /// Fresh enough to judge by without asking the origin or refreshing it.
     fn usable_as_is(&self, entry: &CachedRecord) -> bool {
-        !self.inner.coverage.due(entry)
+        !self
+            .inner
+            .coverage
+            .due(entry.confirmed_at_ms, entry.forced_due())
             && entry.age(self.inner.clock.monotonic_millis()) < self.fresh_for(entry)
     }
 
     /// With the feed vouching for it, a record stays fresh until max_stale (a safety net
     /// against a feed that pings but no longer publishes).
     fn fresh_for(&self, entry: &CachedRecord) -> Duration {
-        if self.inner.coverage.covers(entry) {
+        if self.inner.coverage.covers(entry.confirmed_at_ms) {
             self.inner.settings.max_stale
         } else {
             self.inner.settings.refresh_after
@@ -196,7 +203,10 @@ impl EpochCache {
         if let Some(entry) = inner.cache.get(account).await {
             let now = inner.clock.monotonic_millis();
             let age = entry.age(now);
-            if inner.coverage.due(&entry) {
+            if inner
+                .coverage
+                .due(entry.confirmed_at_ms, entry.forced_due())
+            {
                 // The feed may have lost a change for it: check with the origin before use,
                 // but survive an origin outage on the record we have, up to max_stale. A check
                 // that failed less than REFRESH_RETRY ago is not repeated for every request.

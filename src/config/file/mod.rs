@@ -41,7 +41,7 @@ pub(crate) struct FileConfig {
     pub(crate) access_log: AccessLogFile,
     /// The fleet replica (see `crate::revocation::replica`).
     #[serde(default)]
-    pub(crate) replica: Option<crate::revocation::replica::ReplicaFile>,
+    pub(crate) replica: Option<crate::config::ReplicaFile>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -7,7 +7,6 @@
 
 pub mod key;
 pub mod publish;
-pub mod settings;
 pub mod store;
 pub mod watch;
 
@@ -21,7 +20,7 @@ use prometheus::{
 };
 
 use crate::clock::SharedClock;
-pub use settings::{ReplicaFile, ReplicaSettings};
+pub use crate::config::{ReplicaFile, ReplicaSettings};
 pub use store::{Held, ReplicaStore};
 
 /// The replica's state as `/readyz` and `epochgate_replica_state` report it.

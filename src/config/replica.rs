@@ -1,4 +1,5 @@
-//! The `replica:` section of the config file and its validation into [`ReplicaSettings`].
+//! The `replica:` section of the config file (the fleet replica) and its validation into
+//! [`ReplicaSettings`].
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod nats;
+pub mod replica_fleet;
 pub mod restart_load;
 
 pub mod tls;

@@ -7,6 +7,7 @@ pub mod config;
 pub mod edge;
 pub mod nats;
 pub mod origin;
+pub mod replica_fleet;
 pub mod restart_load;
 pub mod tls;
 pub mod upstream;

@@ -1,0 +1,172 @@
+//! The fleet replica on a three-node NATS cluster (bucket on three replicas): the node the
+//! edges are connected to goes down and comes back, and no sign-out is lost on the way.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, kv};
+use common::nats::{create_bucket, put_record, NatsCluster};
+use common::replica_fleet::{connected_ports, spawn_replica_edge};
+use common::*;
+
+const BUCKET: &str = "epochgate-revocations";
+const MONTH: Duration = Duration::from_secs(30 * 86_400);
+/// Restarts of one edge, at most, to get it connected to the chosen node (the client picks
+/// a server of its list at random: each try lands there one time in three).
+const PLACEMENT_TRIES: usize = 30;
+
+/// The bucket, opened through one node only (the client is given no other URL), retrying
+/// while that node catches up with the cluster after a restart (20 s at most).
+async fn bucket_through(url: &str) -> kv::Store {
+    let client = async_nats::connect(url).await.expect("connect to the node");
+    let js = jetstream::new(client);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match js.get_key_value(BUCKET).await {
+            Ok(store) => return store,
+            Err(e) if Instant::now() > deadline => panic!("open the bucket through {url}: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// Puts a sign-out (epoch one second ahead of every token issued so far), retrying while
+/// the cluster moves the stream's leadership after a node left or came back (15 s at most).
+async fn sign_out(store: &kv::Store, account: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let value = serde_json::json!({
+            "account_id": account, "epoch": now() + 1, "devices": {},
+            "changed_at_ms": epochgate::unix_millis(),
+        });
+        let key = epochgate::revocation::replica::key::encode(account);
+        match tokio::time::timeout(
+            Duration::from_secs(2),
+            store.put(key, value.to_string().into()),
+        )
+        .await
+        {
+            Ok(Ok(_)) => return,
+            _ if Instant::now() > deadline => panic!("the sign-out of {account} was never acked"),
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// The node (index) an edge's replica is connected to, once it holds exactly one.
+async fn node_of(edge: &Edge, ports: &[u16]) -> usize {
+    eventually(Duration::from_secs(10), "one NATS connection", || async {
+        match connected_ports(edge.pid(), ports).as_slice() {
+            [port] => ports.iter().position(|p| p == port),
+            _ => None,
+        }
+    })
+    .await
+}
+
+/// Waits (20 s at most) until the edge rejects the token `401 signed_out`.
+async fn rejects_signed_out(edge: &Edge, token: &str, who: &str) {
+    eventually(
+        Duration::from_secs(20),
+        &format!("{who} 401 signed_out at an edge"),
+        || async move {
+            let r = edge.get_with_token("/", token).await;
+            if r.status() != 401 {
+                return None;
+            }
+            let body: serde_json::Value = r.json().await.ok()?;
+            (body["error"] == "signed_out").then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn sign_out_while_the_edges_nats_node_is_down_reaches_every_edge_and_nothing_is_lost() {
+    let mut cluster = NatsCluster::start();
+    let ports: Vec<u16> = cluster.nodes.iter().map(|n| n.port).collect();
+    let urls: Vec<String> = cluster.nodes.iter().map(|n| n.url()).collect();
+    // Retries until the cluster has elected its meta leader.
+    let first_writer = create_bucket(&urls[0], BUCKET, MONTH, 3).await;
+    let origin = TestOrigin::start().await;
+    let upstream = Upstream::start().await;
+    let (alice, bob, carol, dave) = (
+        origin.token("alice", "tv"),
+        origin.token("bob", "tv"),
+        origin.token("carol", "tv"),
+        origin.token("dave", "tv"),
+    );
+    put_record(&first_writer, "alice", now() + 1, &[]).await;
+
+    // Three edges, each given all three servers, all connected to the same node.
+    let mut edges: Vec<Edge> = (0..3)
+        .map(|_| spawn_replica_edge(&origin.url(), upstream.addr, &urls, BUCKET))
+        .collect();
+    let mut nodes = Vec::new();
+    for edge in &edges {
+        edge.wait_ready().await;
+        nodes.push(node_of(edge, &ports).await);
+    }
+    let down = (0..3)
+        .max_by_key(|n| nodes.iter().filter(|m| *m == n).count())
+        .unwrap();
+    for (edge, node) in edges.iter_mut().zip(&mut nodes) {
+        let mut tries = 0;
+        while *node != down {
+            tries += 1;
+            assert!(
+                tries <= PLACEMENT_TRIES,
+                "an edge never connected to node {down}"
+            );
+            edge.restart();
+            edge.wait_ready().await;
+            *node = node_of(edge, &ports).await;
+        }
+    }
+    for edge in &edges {
+        rejects_signed_out(edge, &alice, "alice").await;
+        assert_eq!(edge.get_with_token("/", &bob).await.status(), 200);
+    }
+
+    // The edges' node goes down; a sign-out is made through another node meanwhile.
+    cluster.stop_node(down);
+    let other = (down + 1) % 3;
+    let writer = bucket_through(&urls[other]).await;
+    sign_out(&writer, "bob").await;
+    for edge in &edges {
+        rejects_signed_out(edge, &bob, "bob").await;
+        let now_on = node_of(edge, &ports).await;
+        assert_ne!(now_on, down, "the edge reconnected to a node that is up");
+        assert_eq!(
+            edge.get_with_token("/", &alice).await.status(),
+            401,
+            "an earlier sign-out still rejects after the reconnect"
+        );
+    }
+
+    // The node comes back; a sign-out made through it arrives too, and nothing was lost.
+    cluster.start_node(down);
+    let back = bucket_through(&urls[down]).await;
+    sign_out(&back, "carol").await;
+    for edge in &edges {
+        rejects_signed_out(edge, &carol, "carol").await;
+        for (who, token) in [("alice", &alice), ("bob", &bob)] {
+            let r = edge.get_with_token("/", token).await;
+            assert_eq!(r.status(), 401, "{who} is still signed out");
+        }
+        assert_eq!(
+            edge.get_with_token("/", &dave).await.status(),
+            200,
+            "an account never signed out is still served"
+        );
+        let readiness = edge.readiness().await;
+        assert_eq!(readiness["replica"], "complete");
+        assert_eq!(readiness["replica_records"], 3, "alice, bob and carol");
+    }
+    assert_eq!(
+        origin.revocation_requests(),
+        0,
+        "no edge looked a record up"
+    );
+}

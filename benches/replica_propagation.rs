@@ -102,7 +102,8 @@ fn main() {
             "sign-out propagation through the fleet replica: 1 nats-server, reference origin --nats, {EDGES} edges (2 threads each), loopback"
         );
 
-        let mut per_edge: Vec<Vec<Duration>> = vec![Vec::with_capacity(signouts); EDGES];
+        let mut per_edge: Vec<Vec<Duration>> =
+            (0..EDGES).map(|_| Vec::with_capacity(signouts)).collect();
         // From sending the sign-out to the last edge's first 401 (the origin answers once
         // the bucket has acknowledged the put).
         let mut from_request = Vec::with_capacity(signouts);

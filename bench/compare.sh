@@ -16,7 +16,9 @@
 #      per token for 10 s (bench/nginx-auth-request.conf);
 #   6. Pingora without a gate terminating TLS (HTTP/2 offered through ALPN; wrk speaks
 #      HTTP/1.1 over TLS on its keep-alive connections);
-#   7. epochgate, ES256 tokens, terminating TLS with the same certificate and settings.
+#   7. epochgate, ES256 tokens, terminating TLS with the same certificate and settings;
+#   8. epochgate, ES256 tokens, in fleet-replica mode (records from a bucket on a local
+#      nats-server, none for these accounts) instead of the epoch cache.
 # The proxy under test (cases 2-5: one worker thread / process) is pinned to core 0; wrk, the
 # upstream and the auth origin to core 1. All proxies run from the start; the cases take
 # turns, one run each per round, so a change in the machine's speed during the benchmark
@@ -39,7 +41,7 @@ LOG_TAG=compare
 # shellcheck source=../scripts/lib.sh
 source scripts/lib.sh
 
-apt_wanted wrk:wrk nginx:nginx curl:curl taskset:util-linux openssl:openssl
+apt_wanted wrk:wrk nginx:nginx curl:curl taskset:util-linux openssl:openssl nats-server:nats-server
 nginx -V 2>&1 | grep -q http_auth_request_module || die "this nginx lacks the auth_request module"
 
 if [ "$(nproc)" -ge 2 ]; then
@@ -152,6 +154,17 @@ PASS_TLS_PID=$!
 wait_http "https://127.0.0.1:$PASS_TLS/" 200 --cacert "$work/tls.pem"
 start_edge edge-es256-tls "$AUTH_ES" ES256 "" tls; ES_TLS=$EDGE; ES_TLS_PID=$EDGE_PID
 
+# 8. fleet replica: a nats-server, the bucket created by the reference origin (--nats)
+NATS=$(free_port)
+"${LOAD_PIN[@]}" nats-server -a 127.0.0.1 -p "$NATS" -js -sd "$work/nats" > "$work/nats.log" 2>&1 & pids+=($!)
+BUCKET_MAKER=$(free_port)
+"${LOAD_PIN[@]}" target/release/epochgate reference-origin --listen "127.0.0.1:$BUCKET_MAKER" \
+  --nats "nats://127.0.0.1:$NATS" > "$work/bucket-maker.log" 2>&1 & pids+=($!)
+wait_http "http://127.0.0.1:$BUCKET_MAKER/.well-known/jwks.json"
+EDGE_TOKEN_EXTRA="max_lifetime: 30d" start_edge edge-es256-replica "$AUTH_ES" ES256 \
+  "replica: { nats: { servers: [\"nats://127.0.0.1:$NATS\"] } }"
+REPLICA=$EDGE; REPLICA_PID=$EDGE_PID
+
 # 5. nginx + auth_request
 NGX=$(free_port)
 sed -e "s#@WORK@#$work#g" -e "s#@PORT@#$NGX#g" -e "s#@UPSTREAM@#$UPSTREAM#g" -e "s#@AUTH@#$AUTH_ES#g" \
@@ -170,6 +183,7 @@ CASES=(
   "nginx_auth_request http://127.0.0.1:$NGX/live/seg1.ts $work/es256.tokens $NGX_PID"
   "passthrough_tls https://127.0.0.1:$PASS_TLS/live/seg1.ts $work/es256.tokens $PASS_TLS_PID"
   "epochgate_es256_tls https://127.0.0.1:$ES_TLS/live/seg1.ts $work/es256.tokens $ES_TLS_PID"
+  "epochgate_es256_replica http://127.0.0.1:$REPLICA/live/seg1.ts $work/es256.tokens $REPLICA_PID"
 )
 for run in $(seq 1 "$RUNS"); do
   for case in "${CASES[@]}"; do
@@ -191,11 +205,11 @@ median() {
 }
 median_rps() { rps_per_run "$1" | median; } # case
 printf '\n%-22s %-40s %12s\n' case "runs (req/s / p50 / p99)" "median req/s"
-for name in upstream passthrough epochgate_es256 epochgate_rs256 epochgate_es256_log nginx_auth_request passthrough_tls epochgate_es256_tls; do
+for name in upstream passthrough epochgate_es256 epochgate_rs256 epochgate_es256_log nginx_auth_request passthrough_tls epochgate_es256_tls epochgate_es256_replica; do
   printf '%-22s %-40s %12s\n' "$name" "${RESULTS[$name]}" "$(median_rps "$name")"
 done
 printf '\nproxy CPU per request, microseconds user/kernel, per run:\n'
-for name in passthrough epochgate_es256 epochgate_rs256 epochgate_es256_log nginx_auth_request passthrough_tls epochgate_es256_tls; do
+for name in passthrough epochgate_es256 epochgate_rs256 epochgate_es256_log nginx_auth_request passthrough_tls epochgate_es256_tls epochgate_es256_replica; do
   printf '%-22s %s\n' "$name" "${CPU[$name]}"
 done
 # Ratios per round (the cases of one round ran minutes apart at most), then their median.
@@ -207,3 +221,4 @@ printf 'epochgate RS256 / passthrough : %s\n' "$(median_ratio epochgate_rs256 pa
 printf 'epochgate ES256 / nginx auth_request : %s\n' "$(median_ratio epochgate_es256 nginx_auth_request)"
 printf 'epochgate ES256 with access log / without : %s\n' "$(median_ratio epochgate_es256_log epochgate_es256)"
 printf 'epochgate ES256 TLS / passthrough TLS : %s\n' "$(median_ratio epochgate_es256_tls passthrough_tls)"
+printf 'epochgate ES256 fleet replica / epoch cache : %s\n' "$(median_ratio epochgate_es256_replica epochgate_es256)"

@@ -73,6 +73,7 @@ EOF
 # entries, e.g. `EDGE_ORIGIN_EXTRA="timeout: 1s" bench_edge_yaml ...`); the arguments after
 # the algorithm are further top-level lines (e.g. `cache: { refresh_after: 30s }`).
 bench_edge_yaml() { # name proxy-port admin-port auth-port upstream-port algorithm [yaml-line...]
+  # EDGE_PROXY_EXTRA, EDGE_ORIGIN_EXTRA, EDGE_TOKEN_EXTRA: more keys of those sections.
   local name=$1 proxy=$2 admin=$3 auth=$4 upstream=$5 algorithm=$6
   shift 6
   cat <<YAML
@@ -80,7 +81,7 @@ server: { threads: 1, pid_file: $work/$name.pid, upgrade_sock: $work/$name.sock,
 proxy: { listen: ["127.0.0.1:$proxy"], upstream: { peers: ["127.0.0.1:$upstream"] }${EDGE_PROXY_EXTRA:+, $EDGE_PROXY_EXTRA} }
 admin: { listen: "127.0.0.1:$admin" }
 auth_origin: { url: "http://127.0.0.1:$auth"${EDGE_ORIGIN_EXTRA:+, $EDGE_ORIGIN_EXTRA} }
-token: { algorithms: [$algorithm], issuer: "$ISSUER", audience: "$AUDIENCE" }
+token: { algorithms: [$algorithm], issuer: "$ISSUER", audience: "$AUDIENCE"${EDGE_TOKEN_EXTRA:+, $EDGE_TOKEN_EXTRA} }
 YAML
   [ $# -eq 0 ] || printf '%s\n' "$@"
 }

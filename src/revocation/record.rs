@@ -63,39 +63,49 @@ impl RevocationRecord {
     }
 }
 
+/// A record with these device epochs, for the tests of the modules that hold records.
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn record(epoch: u64, devices: &[(&str, u64)]) -> RevocationRecord {
+impl RevocationRecord {
+    pub(crate) fn of(epoch: u64, devices: &[(&str, u64)]) -> RevocationRecord {
         RevocationRecord {
             epoch,
             devices: devices.iter().map(|(d, e)| (d.to_string(), *e)).collect(),
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     #[test]
     fn token_before_account_epoch_is_signed_out() {
-        assert_eq!(record(100, &[]).standing("tv", 99), Standing::SignedOut);
+        assert_eq!(
+            RevocationRecord::of(100, &[]).standing("tv", 99),
+            Standing::SignedOut
+        );
     }
 
     #[test]
     fn token_in_the_epoch_second_is_valid() {
-        assert_eq!(record(100, &[]).standing("tv", 100), Standing::Valid);
+        assert_eq!(
+            RevocationRecord::of(100, &[]).standing("tv", 100),
+            Standing::Valid
+        );
     }
 
     #[test]
     fn device_epoch_only_affects_that_device() {
-        let r = record(100, &[("tv", 200)]);
+        let r = RevocationRecord::of(100, &[("tv", 200)]);
         assert_eq!(r.standing("tv", 150), Standing::DeviceSignedOut);
         assert_eq!(r.standing("phone", 150), Standing::Valid);
     }
 
     #[test]
     fn redundant_device_epochs_are_dropped_and_decisions_unchanged() {
-        let r = record(100, &[("tv", 50), ("phone", 100), ("car", 150)]);
+        let r = RevocationRecord::of(100, &[("tv", 50), ("phone", 100), ("car", 150)]);
         let pruned = r.clone().without_redundant_devices();
-        assert_eq!(pruned, record(100, &[("car", 150)]));
+        assert_eq!(pruned, RevocationRecord::of(100, &[("car", 150)]));
         for device in ["tv", "phone", "car", "laptop"] {
             for t in [40, 99, 100, 120, 149, 150, 200] {
                 assert_eq!(
@@ -109,11 +119,11 @@ mod tests {
 
     #[test]
     fn merge_never_goes_backwards() {
-        let old = record(200, &[("tv", 300), ("phone", 50)]);
-        let lagging = record(100, &[("tv", 10), ("phone", 60), ("car", 5)]);
+        let old = RevocationRecord::of(200, &[("tv", 300), ("phone", 50)]);
+        let lagging = RevocationRecord::of(100, &[("tv", 10), ("phone", 60), ("car", 5)]);
         assert_eq!(
             old.merged(&lagging),
-            record(200, &[("tv", 300), ("phone", 60), ("car", 5)])
+            RevocationRecord::of(200, &[("tv", 300), ("phone", 60), ("car", 5)])
         );
     }
 }

@@ -268,13 +268,6 @@ impl Default for ReplicaStore {
 mod tests {
     use super::*;
 
-    fn record(epoch: u64, devices: &[(&str, u64)]) -> RevocationRecord {
-        RevocationRecord {
-            epoch,
-            devices: devices.iter().map(|(d, e)| (d.to_string(), *e)).collect(),
-        }
-    }
-
     #[test]
     fn an_account_never_seen_is_absent() {
         let store = ReplicaStore::new();
@@ -284,7 +277,10 @@ mod tests {
     #[test]
     fn account_and_device_epochs_decide_like_the_record() {
         let store = ReplicaStore::new();
-        store.merge("alice", &record(100, &[("tv", 200), ("phone", 50)]));
+        store.merge(
+            "alice",
+            &RevocationRecord::of(100, &[("tv", 200), ("phone", 50)]),
+        );
         assert_eq!(
             store.standing("alice", "tv", 99),
             Held::Record(Standing::SignedOut)
@@ -305,8 +301,8 @@ mod tests {
     #[test]
     fn merging_never_lowers_an_epoch() {
         let store = ReplicaStore::new();
-        store.merge("alice", &record(200, &[("tv", 300)]));
-        store.merge("alice", &record(100, &[("tv", 10)]));
+        store.merge("alice", &RevocationRecord::of(200, &[("tv", 300)]));
+        store.merge("alice", &RevocationRecord::of(100, &[("tv", 10)]));
         assert_eq!(
             store.standing("alice", "tv", 150),
             Held::Record(Standing::SignedOut)
@@ -320,10 +316,10 @@ mod tests {
     #[test]
     fn an_unusable_account_becomes_usable_with_the_next_valid_record() {
         let store = ReplicaStore::new();
-        store.merge("alice", &record(200, &[]));
+        store.merge("alice", &RevocationRecord::of(200, &[]));
         store.mark_unusable("alice");
         assert_eq!(store.standing("alice", "tv", 250), Held::Unusable);
-        store.merge("alice", &record(100, &[]));
+        store.merge("alice", &RevocationRecord::of(100, &[]));
         // Usable again, and the earlier epoch still counts.
         assert_eq!(
             store.standing("alice", "tv", 150),
@@ -335,7 +331,7 @@ mod tests {
     #[test]
     fn removed_accounts_are_absent_with_their_devices() {
         let store = ReplicaStore::new();
-        store.merge("alice", &record(100, &[("tv", 200)]));
+        store.merge("alice", &RevocationRecord::of(100, &[("tv", 200)]));
         store.remove("alice");
         assert_eq!(store.standing("alice", "tv", 150), Held::Absent);
         assert_eq!(store.len(), 0);
@@ -345,9 +341,12 @@ mod tests {
     #[test]
     fn records_older_than_every_token_are_forgotten() {
         let store = ReplicaStore::new();
-        store.merge("old", &record(100, &[]));
-        store.merge("old-but-device", &record(100, &[("tv", 2_000)]));
-        store.merge("recent", &record(1_500, &[]));
+        store.merge("old", &RevocationRecord::of(100, &[]));
+        store.merge(
+            "old-but-device",
+            &RevocationRecord::of(100, &[("tv", 2_000)]),
+        );
+        store.merge("recent", &RevocationRecord::of(1_500, &[]));
         assert_eq!(store.forget_older_than(1_000), 1);
         assert_eq!(store.standing("old", "tv", 1), Held::Absent);
         assert_eq!(store.len(), 2);

@@ -74,7 +74,7 @@ fn main() {
         let nats = NatsServer::start();
         let origin = AuthOrigin::new(ISSUER, AUDIENCE).unwrap();
         origin
-            .publish_to_nats(&nats.url(), BUCKET, Duration::from_secs(30 * 86_400))
+            .publish_to_nats(&nats.url(), BUCKET, Duration::from_secs(30 * 86_400), Duration::ZERO)
             .await
             .expect("the reference origin creates the bucket");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

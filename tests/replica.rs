@@ -94,7 +94,7 @@ async fn fleet() -> Fleet {
     let nats = NatsServer::start();
     let origin = AuthOrigin::new(ISSUER, AUDIENCE).unwrap();
     origin
-        .publish_to_nats(&nats.url(), BUCKET, MONTH)
+        .publish_to_nats(&nats.url(), BUCKET, MONTH, Duration::ZERO)
         .await
         .expect("the reference origin creates the bucket");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -512,6 +512,18 @@ async fn key_in_the_wrong_encoding_is_counted_and_its_account_falls_to_the_polic
 }
 
 #[tokio::test]
+async fn value_naming_more_devices_than_max_devices_per_account_is_counted_and_falls_to_the_policy()
+{
+    let (_nats, store, origin, _upstream, edge) = edge_with_carol().await;
+    // The default cache.max_devices_per_account is 1,000.
+    let devices: std::collections::HashMap<String, u64> =
+        (0..1_001).map(|i| (format!("device-{i}"), 1)).collect();
+    let value = serde_json::json!({"account_id": "alice", "epoch": 1, "devices": devices});
+    put_raw(&store, "alice", &value.to_string()).await;
+    alice_is_unusable_until_a_valid_value(&edge, &store, &origin, "alice").await;
+}
+
+#[tokio::test]
 async fn key_that_names_no_account_is_counted_and_changes_nothing() {
     let (_nats, store, origin, _upstream, edge) = edge_with_carol().await;
     put_raw(&store, "b64.____", "{}").await;
@@ -551,6 +563,31 @@ async fn deleted_key_unrevokes_nobody_else_and_removes_the_record() {
     store.delete("carol").await.unwrap();
     edge.until_status(&carol, 200).await;
     assert_eq!(edge.metric("epochgate_replica_records").await, 0.0);
+}
+
+#[tokio::test]
+async fn bucket_deleted_and_created_again_is_read_from_its_start() {
+    let (nats, store, origin, _upstream, edge) = edge_with_carol().await;
+    let dave = origin.token("dave", "tv");
+    put_record(&store, "dave", now() + 1, &[]).await;
+    edge.until_status(&dave, 401).await;
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    js.delete_stream(format!("KV_{BUCKET}")).await.unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the edge sees the bucket gone",
+        || async { (edge.readiness().await["replica"] == "disconnected").then_some(()) },
+    )
+    .await;
+    // The records held stay: epochs only go forward.
+    assert_eq!(status(&edge, &dave).await, 401);
+
+    // The new bucket numbers its revisions from 1 again, below where the edge had read to.
+    let store = create_bucket(&nats.url(), BUCKET, MONTH, 1).await;
+    put_record(&store, "erin", now() + 1, &[]).await;
+    edge.until_status(&origin.token("erin", "tv"), 401).await;
+    assert_eq!(status(&edge, &origin.token("bob", "tv")).await, 200);
+    assert_eq!(edge.readiness().await["replica"], "complete");
 }
 
 // ---------------------------------------------------------------------------
@@ -609,4 +646,116 @@ async fn bucket_max_age_shorter_than_token_max_lifetime_refuses_to_start_naming_
         log.contains("max_age 1h") && log.contains("token.max_lifetime is 2h"),
         "{log}"
     );
+}
+
+// ---------------------------------------------------------------------------
+// The publisher's heartbeat (`replica.require_heartbeat`)
+// ---------------------------------------------------------------------------
+
+/// Puts the heartbeat stamped `at_ms`.
+async fn put_heartbeat(store: &async_nats::jetstream::kv::Store, at_ms: u64) {
+    put_raw(
+        store,
+        "epochgate.heartbeat",
+        &serde_json::json!({ "at_ms": at_ms }).to_string(),
+    )
+    .await;
+}
+
+/// A publisher's heartbeat every 200 ms, until the task is aborted.
+fn heartbeats(store: async_nats::jetstream::kv::Store) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            put_heartbeat(&store, epochgate::unix_millis()).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+}
+
+/// An edge that counts only heartbeats as contact, stale 2 s after the last one, policy deny.
+async fn heartbeat_edge(nats: &NatsServer, origin: &TestOrigin, upstream: &Upstream) -> Edge {
+    ReplicaEdge {
+        max_stale: "2s",
+        ..on(nats)
+    }
+    .config(&origin.url(), upstream)
+    .set("replica.require_heartbeat", "true")
+    .start()
+    .await
+}
+
+#[tokio::test]
+async fn with_require_heartbeat_a_replica_the_heartbeat_stops_reaching_goes_stale_while_connected()
+{
+    let nats = NatsServer::start();
+    let store = create_bucket(&nats.url(), BUCKET, MONTH, 1).await;
+    put_record(&store, "alice", now() + 1, &[]).await;
+    let beating = heartbeats(store.clone());
+    let origin = TestOrigin::start().await;
+    let upstream = Upstream::start().await;
+    let edge = heartbeat_edge(&nats, &origin, &upstream).await;
+    let bob = origin.token("bob", "tv");
+    edge.until_status(&bob, 200).await;
+    assert_eq!(
+        error_of(&edge, &origin.token("alice", "tv"), 401).await,
+        "signed_out"
+    );
+
+    // The publisher's heartbeats stop arriving (as when the edge's leaf node is cut off
+    // from the hub); the edge's own connection is fine.
+    beating.abort();
+    edge.until_status(&bob, 503).await;
+    assert_eq!(error_of(&edge, &bob, 503).await, "origin_unavailable");
+    assert!(
+        edge.metric("epochgate_replica_last_contact_age_seconds")
+            .await
+            >= 2.0
+    );
+    assert_eq!(
+        edge.metric("epochgate_replica_state{state=\"complete\"}")
+            .await,
+        1.0,
+        "still connected to its server"
+    );
+
+    let _beating = heartbeats(store.clone());
+    edge.until_status(&bob, 200).await;
+    assert_eq!(origin.revocation_requests(), 0);
+}
+
+#[tokio::test]
+async fn with_require_heartbeat_an_old_heartbeat_read_at_start_is_not_fresh() {
+    let nats = NatsServer::start();
+    let store = create_bucket(&nats.url(), BUCKET, MONTH, 1).await;
+    // The newest heartbeat in the bucket is an hour old: its publisher stopped, or this
+    // copy of the bucket was cut off from it.
+    put_heartbeat(&store, epochgate::unix_millis() - 3_600_000).await;
+    let origin = TestOrigin::start().await;
+    let upstream = Upstream::start().await;
+    let edge = heartbeat_edge(&nats, &origin, &upstream).await;
+    let bob = origin.token("bob", "tv");
+    assert_eq!(error_of(&edge, &bob, 503).await, "origin_unavailable");
+    assert!(
+        edge.metric("epochgate_replica_last_contact_age_seconds")
+            .await
+            >= 3_600.0
+    );
+
+    put_heartbeat(&store, epochgate::unix_millis()).await;
+    edge.until_status(&bob, 200).await;
+}
+
+#[tokio::test]
+async fn without_require_heartbeat_the_heartbeat_key_is_not_a_record() {
+    let (_nats, store, origin, _upstream, edge) = edge_with_carol().await;
+    put_heartbeat(&store, epochgate::unix_millis() - 3_600_000).await;
+    put_record(&store, "alice", now() + 1, &[]).await;
+    edge.until_status(&origin.token("alice", "tv"), 401).await;
+    assert_eq!(status(&edge, &origin.token("bob", "tv")).await, 200);
+    assert_eq!(
+        edge.metric("epochgate_replica_updates_total{outcome=\"malformed\"}")
+            .await,
+        0.0
+    );
+    assert_eq!(edge.metric("epochgate_replica_records").await, 2.0);
 }

@@ -18,6 +18,8 @@ pub struct ReplicaFile {
     nats: NatsFile,
     #[serde(default = "default_max_stale")]
     max_stale: HumanDuration,
+    #[serde(default)]
+    require_heartbeat: bool,
 }
 
 /// `replica.nats:`.
@@ -53,6 +55,11 @@ pub struct ReplicaSettings {
     pub max_stale: Duration,
     /// `token.max_lifetime`: the bucket's `max_age` must be at least this.
     pub max_lifetime: Duration,
+    /// `cache.max_devices_per_account`: a value naming more devices is unusable.
+    pub max_devices_per_account: usize,
+    /// Only the publisher's heartbeat counts as contact (not a round trip to the nearest
+    /// server), so a replica cut off upstream of its server goes stale too.
+    pub require_heartbeat: bool,
 }
 
 fn error(key: &str, message: impl Into<String>) -> ConfigError {
@@ -71,8 +78,13 @@ fn valid_bucket(name: &str) -> bool {
 }
 
 impl ReplicaFile {
-    /// Validates the section; `max_lifetime` is `token.max_lifetime`, required here.
-    pub fn validate(self, max_lifetime: Option<Duration>) -> Result<ReplicaSettings, ConfigError> {
+    /// Validates the section; `max_lifetime` is `token.max_lifetime`, required here, and
+    /// `max_devices_per_account` is `cache.max_devices_per_account`.
+    pub fn validate(
+        self,
+        max_lifetime: Option<Duration>,
+        max_devices_per_account: usize,
+    ) -> Result<ReplicaSettings, ConfigError> {
         let Some(max_lifetime) = max_lifetime else {
             return Err(error(
                 "token.max_lifetime",
@@ -123,6 +135,8 @@ impl ReplicaFile {
             tls_ca_file: self.nats.tls_ca_file,
             max_stale: self.max_stale.0,
             max_lifetime,
+            max_devices_per_account,
+            require_heartbeat: self.require_heartbeat,
         })
     }
 }

@@ -71,6 +71,8 @@ enum NatsJob {
         record: RevocationRecord,
         changed_at_ms: u64,
     },
+    /// The heartbeat, stamped when every earlier put is done.
+    Heartbeat,
     /// Answered once every earlier put is done.
     Flush(tokio::sync::oneshot::Sender<()>),
 }
@@ -249,19 +251,32 @@ impl AuthOrigin {
     }
 
     /// Also puts every changed record into the NATS key-value bucket `bucket` (created with
-    /// `max_age` when missing), for edges running a fleet replica. Records changed earlier
-    /// are not republished.
+    /// `max_age` when missing), for edges running a fleet replica, and the heartbeat every
+    /// `heartbeat` (never when zero). Records changed earlier are not republished.
     pub async fn publish_to_nats(
         self: &Arc<Self>,
         url: &str,
         bucket: &str,
         max_age: Duration,
+        heartbeat: Duration,
     ) -> Result<(), crate::revocation::replica::publish::PublishError> {
         let publisher =
             crate::revocation::replica::publish::Publisher::connect(url, bucket, max_age).await?;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        if self.nats.set(tx).is_err() {
+        if self.nats.set(tx.clone()).is_err() {
             return Ok(());
+        }
+        if !heartbeat.is_zero() {
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(heartbeat);
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    every.tick().await;
+                    if tx.send(NatsJob::Heartbeat).is_err() {
+                        return;
+                    }
+                }
+            });
         }
         tokio::spawn(async move {
             while let Some(job) = rx.recv().await {
@@ -273,6 +288,11 @@ impl AuthOrigin {
                     } => {
                         if let Err(e) = publisher.put(&account, &record, changed_at_ms).await {
                             log::error!("reference auth origin: NATS: {e}");
+                        }
+                    }
+                    NatsJob::Heartbeat => {
+                        if let Err(e) = publisher.heartbeat(crate::unix_millis()).await {
+                            log::error!("reference auth origin: NATS heartbeat: {e}");
                         }
                     }
                     NatsJob::Flush(done) => {

@@ -28,6 +28,10 @@ pub struct ReferenceOriginArgs {
     /// `max_age` of a bucket created here: at least the edges' `token.max_lifetime`.
     #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
     pub bucket_max_age: Duration,
+    /// How often the heartbeat (key `epochgate.heartbeat`) is put into the bucket, for edges
+    /// with `replica.require_heartbeat`; 0 for none.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub nats_heartbeat: Duration,
 }
 
 /// Runs the origin until the process is stopped.
@@ -41,7 +45,7 @@ pub fn run(args: ReferenceOriginArgs) -> Result<(), String> {
         let origin = AuthOrigin::new(&args.issuer, &args.audience)?;
         if let Some(url) = &args.nats {
             origin
-                .publish_to_nats(url, &args.bucket, args.bucket_max_age)
+                .publish_to_nats(url, &args.bucket, args.bucket_max_age, args.nats_heartbeat)
                 .await
                 .map_err(|e| format!("--nats: {e}"))?;
         }

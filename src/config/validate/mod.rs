@@ -35,7 +35,9 @@ impl FileConfig {
         let routes = validate_routes(self.mode, self.routes)?;
         let access_log = self.access_log.validate()?;
         let replica = match self.replica {
-            Some(replica) => Some(replica.validate(token.max_lifetime)?),
+            Some(replica) => {
+                Some(replica.validate(token.max_lifetime, cache.max_devices_per_account)?)
+            }
             None => None,
         };
         Ok(Settings {

@@ -2,9 +2,11 @@
 //! bucket, so that the edge decides without asking the auth origin.
 //!
 //! [`store`] holds the records, [`watch`] keeps them current (and owns the connection),
-//! [`key`] maps account ids to bucket keys, [`settings`] is the `replica:` config section,
-//! [`publish`] is the writing side (used by the reference auth origin).
+//! [`entry`] reads and applies one bucket entry, [`key`] maps account ids to bucket keys,
+//! [`publish`] is the writing side (used by the reference auth origin). The `replica:`
+//! config section is [`ReplicaSettings`].
 
+pub mod entry;
 pub mod key;
 pub mod publish;
 pub mod store;
@@ -102,7 +104,7 @@ impl ReplicaMetrics {
         .expect("static metric definition");
         let last_contact_age = Gauge::new(
             "epochgate_replica_last_contact_age_seconds",
-            "Seconds since the replica last heard from NATS (an entry or a round trip).",
+            "Seconds since the replica last heard from NATS (an entry or a round trip; with replica.require_heartbeat, since the time of the last heartbeat it received).",
         )
         .expect("static metric definition");
         let lag = Histogram::with_opts(
@@ -148,6 +150,10 @@ pub struct Replica {
     connected: AtomicBool,
     /// Monotonic milliseconds of the last entry or round trip (0: never).
     last_contact_ms: AtomicU64,
+    /// With `require_heartbeat`: the publisher's stamp (Unix milliseconds) on the newest
+    /// heartbeat received (0: none). The contact dates from that stamp, so a heartbeat that
+    /// was already old on arrival (read from a mirror that had been cut off) is not fresh.
+    last_heartbeat_at_ms: AtomicU64,
     metrics: ReplicaMetrics,
     clock: SharedClock,
 }
@@ -161,6 +167,7 @@ impl Replica {
             watching: AtomicBool::new(false),
             connected: AtomicBool::new(false),
             last_contact_ms: AtomicU64::new(0),
+            last_heartbeat_at_ms: AtomicU64::new(0),
             metrics: ReplicaMetrics::new(registry),
             clock,
         });
@@ -191,8 +198,17 @@ impl Replica {
         self.complete.load(Ordering::Acquire)
     }
 
-    /// Time since the last contact with NATS; `None` if there never was any.
+    /// Time since the last contact with NATS (with `require_heartbeat`: since the stamp on
+    /// the newest heartbeat); `None` if there never was any.
     pub fn last_contact_age(&self) -> Option<Duration> {
+        if self.settings.require_heartbeat {
+            return match self.last_heartbeat_at_ms.load(Ordering::Acquire) {
+                0 => None,
+                at => Some(Duration::from_millis(
+                    self.clock.unix_millis().saturating_sub(at),
+                )),
+            };
+        }
         match self.last_contact_ms.load(Ordering::Acquire) {
             0 => None,
             at => Some(Duration::from_millis(
@@ -242,11 +258,27 @@ impl Replica {
         })
     }
 
-    /// NATS answered: an entry or a round trip.
-    fn contact(&self) {
-        self.last_contact_ms
-            .store(self.clock.monotonic_millis(), Ordering::Release);
+    /// NATS answered: an entry or a round trip. That is contact unless only the publisher's
+    /// heartbeat counts.
+    fn reached(&self) {
+        if !self.settings.require_heartbeat {
+            self.contact_at(self.clock.monotonic_millis());
+        }
         self.connected.store(true, Ordering::Release);
+    }
+
+    /// The publisher's heartbeat, stamped `at_ms` (Unix milliseconds) by the publisher: the
+    /// replica held everything published up to then.
+    fn heartbeat(&self, at_ms: u64) {
+        if self.settings.require_heartbeat {
+            self.last_heartbeat_at_ms.fetch_max(at_ms, Ordering::AcqRel);
+        } else {
+            self.contact_at(self.clock.monotonic_millis());
+        }
+    }
+
+    fn contact_at(&self, monotonic_ms: u64) {
+        self.last_contact_ms.store(monotonic_ms, Ordering::Release);
     }
 
     /// A round trip failed.

@@ -117,6 +117,16 @@ impl Publisher {
             .map_err(|e| PublishError::Put(e.to_string()))
     }
 
+    /// Puts the heartbeat stamped `at_ms` (Unix milliseconds). Stamp it only once every
+    /// earlier put is acknowledged: an edge that holds this heartbeat holds them too.
+    pub async fn heartbeat(&self, at_ms: u64) -> Result<u64, PublishError> {
+        let value = serde_json::json!({ "at_ms": at_ms });
+        self.store
+            .put(super::entry::HEARTBEAT_KEY, value.to_string().into())
+            .await
+            .map_err(|e| PublishError::Put(e.to_string()))
+    }
+
     pub fn store(&self) -> &kv::Store {
         &self.store
     }

@@ -2,20 +2,17 @@
 //! key (resumed from the last applied revision after any interruption) and the periodic
 //! round trip that keeps "last contact" fresh while the bucket is quiet.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream::{self, consumer};
 use async_trait::async_trait;
 use futures::StreamExt;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use serde::Deserialize;
 
-use super::key::{self, KeyError};
+use super::entry::{self, Entry};
 use super::{Replica, ReplicaSettings};
-use crate::revocation::RevocationRecord;
 
 /// How often the connection is confirmed when no entry arrives.
 const ROUND_TRIP_EVERY: Duration = Duration::from_secs(1);
@@ -96,12 +93,12 @@ fn server_addrs(settings: &ReplicaSettings) -> Vec<async_nats::ServerAddr> {
         .collect()
 }
 
-/// Opens the bucket and checks it: it exists, and keeps values at least as long as a token
-/// lives (`max_age` 0 means forever).
+/// Opens the bucket's stream and checks it: it exists, and keeps values at least as long as
+/// a token lives (`max_age` 0 means forever).
 async fn open_bucket(
     js: &jetstream::Context,
     settings: &ReplicaSettings,
-) -> Result<kv::Store, ReplicaError> {
+) -> Result<jetstream::stream::Stream, ReplicaError> {
     let bucket = &settings.bucket;
     let stream = js.get_stream(format!("KV_{bucket}")).await.map_err(|e| {
         use jetstream::context::GetStreamErrorKind;
@@ -127,12 +124,7 @@ async fn open_bucket(
             max_lifetime: human(settings.max_lifetime),
         });
     }
-    js.get_key_value(bucket.as_str())
-        .await
-        .map_err(|e| ReplicaError::Bucket {
-            bucket: bucket.clone(),
-            message: e.to_string(),
-        })
+    Ok(stream)
 }
 
 /// The start-up check, before any listener exists: when a server answers within `wait`,
@@ -175,61 +167,13 @@ pub fn check_at_start(settings: &ReplicaSettings, wait: Duration) -> Result<(), 
     })
 }
 
-/// A bucket value: the record `GET /v1/revocations/{account}` answers.
-#[derive(Deserialize)]
-struct Value {
-    account_id: String,
-    epoch: u64,
-    #[serde(default)]
-    devices: HashMap<String, u64>,
-    #[serde(default)]
-    changed_at_ms: Option<u64>,
-}
-
-/// Applies one bucket entry to the replica.
-fn apply(replica: &Replica, entry: &kv::Entry) {
-    let account = match key::decode(&entry.key) {
-        Ok(account) => account,
-        Err(KeyError::NotCanonical { account }) => {
-            log::warn!("replica: a key not in the canonical encoding of its account id; that account is unusable until a valid value arrives");
-            replica.count_malformed();
-            replica.store.mark_unusable(&account);
-            return;
-        }
-        Err(e) => {
-            log::warn!("replica: skipped a key: {e}");
-            replica.count_malformed();
-            return;
-        }
-    };
-    match entry.operation {
-        kv::Operation::Delete | kv::Operation::Purge => {
-            replica.store.remove(&account);
-            replica.count_applied(None, false);
-        }
-        kv::Operation::Put => match serde_json::from_slice::<Value>(&entry.value) {
-            Ok(value) if value.account_id == account => {
-                replica.store.merge(
-                    &account,
-                    &RevocationRecord {
-                        epoch: value.epoch,
-                        devices: value.devices,
-                    },
-                );
-                replica.count_applied(value.changed_at_ms, replica.loaded());
-            }
-            Ok(_) => {
-                log::warn!("replica: a value whose account_id does not match its key; that account is unusable until a valid value arrives");
-                replica.count_malformed();
-                replica.store.mark_unusable(&account);
-            }
-            Err(e) => {
-                log::warn!("replica: a value that is not a revocation record ({e}); that account is unusable until a valid value arrives");
-                replica.count_malformed();
-                replica.store.mark_unusable(&account);
-            }
-        },
-    }
+/// Where the watch resumes after an interruption.
+struct Position {
+    /// The bucket's stream, by its creation time (nanoseconds): a bucket deleted and created
+    /// again numbers its revisions from 1 again.
+    created: Option<i128>,
+    /// The next revision to apply.
+    next_revision: u64,
 }
 
 /// The background service that keeps the replica current.
@@ -242,38 +186,58 @@ impl ReplicaWatch {
         ReplicaWatch { replica }
     }
 
-    /// Opens the bucket and a watch of every key from `revision` on.
+    /// Opens the bucket and reads its stream from `revision` on: every key's value, then
+    /// every update.
+    ///
+    /// The consumer has no subject filter: a bucket's stream holds only its keys, and
+    /// nats-server 2.9 takes seconds per million messages to start a consumer filtered on
+    /// `$KV.<bucket>.>` (longer than a client waits, at ten million) but none without one.
+    /// From revision 1 on, that is every key's latest value (a bucket keeps one per key,
+    /// or a few with history, which merge to the same record) and its deletions, in order.
+    ///
+    /// A bucket created again since the last open is read from its start: the records held
+    /// stay (epochs only go forward) until they expire.
     async fn open(
         &self,
         js: &jetstream::Context,
-        revision: u64,
-    ) -> Result<kv::Watch, ReplicaError> {
+        position: &mut Position,
+    ) -> Result<consumer::push::Ordered, ReplicaError> {
         let settings = self.replica.settings();
-        let store = open_bucket(js, settings).await?;
-        let values =
-            store
-                .status()
-                .await
-                .map(|s| s.values())
-                .map_err(|e| ReplicaError::Bucket {
-                    bucket: settings.bucket.clone(),
-                    message: e.to_string(),
-                })?;
-        let watch =
-            store
-                .watch_all_from_revision(revision)
-                .await
-                .map_err(|e| ReplicaError::Bucket {
-                    bucket: settings.bucket.clone(),
-                    message: e.to_string(),
-                })?;
-        self.replica.contact();
-        // An empty bucket delivers nothing, so the last initial value (`delta` 0) never
-        // comes: it is complete as it is.
-        if values == 0 {
+        let bucket_error = |e: &dyn std::fmt::Display| ReplicaError::Bucket {
+            bucket: settings.bucket.clone(),
+            message: e.to_string(),
+        };
+        let stream = open_bucket(js, settings).await?;
+        let created = stream.cached_info().created.unix_timestamp_nanos();
+        if position.created.is_some_and(|known| known != created) {
+            log::warn!(
+                "replica: bucket `{}` was created again; reading it from its start",
+                settings.bucket
+            );
+            position.next_revision = 1;
+        }
+        position.created = Some(created);
+        let consumer = stream
+            .create_consumer(consumer::push::OrderedConfig {
+                deliver_subject: js.client().new_inbox(),
+                description: Some("epochgate replica".to_string()),
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: position.next_revision,
+                },
+                replay_policy: consumer::ReplayPolicy::Instant,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| bucket_error(&e))?;
+        // Nothing to read (an empty bucket, or nothing new since the last revision): the
+        // last initial value never comes, so the replica is complete as it is.
+        let pending = consumer.cached_info().num_pending;
+        let messages = consumer.messages().await.map_err(|e| bucket_error(&e))?;
+        self.replica.reached();
+        if pending == 0 {
             self.replica.set_complete();
         }
-        Ok(watch)
+        Ok(messages)
     }
 
     /// Confirms the connection every second, and drops expired records every minute.
@@ -287,7 +251,7 @@ impl ReplicaWatch {
                     .is_ok_and(|r| r.is_ok())
                 && client.connection_state() == async_nats::connection::State::Connected;
             if up {
-                replica.contact();
+                replica.reached();
             } else {
                 replica.lost_contact();
             }
@@ -333,12 +297,15 @@ impl BackgroundService for ReplicaWatch {
         let js = jetstream::new(client);
         // The next revision to apply: after an interruption the watch resumes here, so
         // nothing published meanwhile is missed.
-        let mut next_revision = 1;
+        let mut position = Position {
+            created: None,
+            next_revision: 1,
+        };
         let mut retry = Duration::from_millis(100);
         let mut last_error = String::new();
         'outer: loop {
             let opened = tokio::select! {
-                opened = self.open(&js, next_revision) => opened,
+                opened = self.open(&js, &mut position) => opened,
                 _ = shutdown.changed() => break,
             };
             let mut watch = match opened {
@@ -360,8 +327,9 @@ impl BackgroundService for ReplicaWatch {
             };
             if !last_error.is_empty() {
                 log::info!(
-                    "replica: watching bucket `{}` again from revision {next_revision}",
-                    settings.bucket
+                    "replica: watching bucket `{}` again from revision {}",
+                    settings.bucket,
+                    position.next_revision
                 );
             }
             last_error.clear();
@@ -373,21 +341,33 @@ impl BackgroundService for ReplicaWatch {
                     _ = shutdown.changed() => break 'outer,
                 };
                 match entry {
-                    Some(Ok(entry)) => {
-                        self.replica.contact();
-                        apply(&self.replica, &entry);
-                        next_revision = entry.revision + 1;
-                        if entry.delta == 0 {
-                            self.replica.set_complete();
+                    Some(Ok(message)) => {
+                        self.replica.reached();
+                        match Entry::from_message(&message) {
+                            Ok(entry) => {
+                                entry::apply(&self.replica, &entry);
+                                position.next_revision = entry.revision + 1;
+                                if entry.pending == 0 {
+                                    self.replica.set_complete();
+                                }
+                            }
+                            Err(e) => {
+                                log::warn!("replica: skipped a message: {e}");
+                                self.replica.count_malformed();
+                            }
                         }
                     }
                     Some(Err(e)) => {
-                        log::warn!("replica: the watch was interrupted ({e}); resuming from revision {next_revision}");
+                        log::warn!(
+                            "replica: the watch was interrupted ({e}); resuming from revision {}",
+                            position.next_revision
+                        );
                         break;
                     }
                     None => {
                         log::warn!(
-                            "replica: the watch ended; resuming from revision {next_revision}"
+                            "replica: the watch ended; resuming from revision {}",
+                            position.next_revision
                         );
                         break;
                     }

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use common::nats::{create_bucket, NatsServer};
 use common::replica_fleet::spawn_replica_edge;
-use common::{Edge, TestOrigin, Upstream};
+use common::{rss_kib, Edge, TestOrigin, Upstream};
 
 const BUCKET: &str = "epochgate-revocations";
 
@@ -38,16 +38,6 @@ fn env_or(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-/// VmRSS of a process, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// The nats-server process serving `port`, and its store directory (from its command line).

@@ -15,10 +15,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::nats::NatsServer;
-use common::replica_fleet::spawn_replica_edge;
-use common::{Upstream, AUDIENCE, ISSUER};
-use epochgate::reference::auth_origin::AuthOrigin;
+use common::replica_fleet::ReplicaBackends;
 
 const BUCKET: &str = "epochgate-revocations";
 const EDGES: usize = 3;
@@ -71,23 +68,9 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async move {
-        let nats = NatsServer::start();
-        let origin = AuthOrigin::new(ISSUER, AUDIENCE).unwrap();
-        origin
-            .publish_to_nats(&nats.url(), BUCKET, Duration::from_secs(30 * 86_400), Duration::ZERO)
-            .await
-            .expect("the reference origin creates the bucket");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let origin_url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(epochgate::reference::serve(
-            listener,
-            origin.router(),
-            std::future::pending(),
-        ));
-        let upstream = Upstream::start().await;
-        let edges: Vec<_> = (0..EDGES)
-            .map(|_| spawn_replica_edge(&origin_url, upstream.addr, &[nats.url()], BUCKET))
-            .collect();
+        let backends = ReplicaBackends::start(BUCKET).await;
+        let (origin, origin_url) = (&backends.origin, &backends.origin_url);
+        let edges: Vec<_> = (0..EDGES).map(|_| backends.edge().spawn()).collect();
         for edge in &edges {
             edge.wait_ready().await;
         }

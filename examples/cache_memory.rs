@@ -17,22 +17,15 @@ use epochgate::revocation::epoch_cache::{EpochCache, LastRecord};
 use epochgate::revocation::origin::OriginClient;
 use epochgate::revocation::RevocationRecord;
 
+// The RSS reader the tests and benches use (std only).
+#[path = "../tests/common/rss.rs"]
+mod rss;
+use rss::own_rss_kib;
+
 // The `epochgate` binary's allocator, so that the figures are the binary's.
 #[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .map(str::to_string)
-        })
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        .unwrap_or(0)
-}
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
@@ -69,7 +62,7 @@ async fn main() {
         origin,
         metrics,
     );
-    let before = rss_kib();
+    let before = own_rss_kib();
     for i in 0..n {
         // Account ids shaped like real ones: 16 to 24 characters.
         cache
@@ -83,7 +76,7 @@ async fn main() {
             .await;
     }
     let entries = cache.entry_count().await;
-    let after = rss_kib();
+    let after = own_rss_kib();
     println!(
         "{entries} accounts cached: RSS {before} KiB -> {after} KiB, {:.0} bytes per account",
         (after - before) as f64 * 1024.0 / entries as f64
@@ -91,7 +84,7 @@ async fn main() {
 
     let now = epochgate::unix_millis() / 1000;
     let tokens = VerifiedCache::new(n);
-    let before = rss_kib();
+    let before = own_rss_kib();
     for i in 0..n {
         // Each token's claims are parsed on their own, so nothing is shared between entries.
         let remembered = Remembered {
@@ -106,7 +99,7 @@ async fn main() {
         };
         tokens.insert(TokenKey::of(&format!("token-{i}")), remembered, now);
     }
-    let after = rss_kib();
+    let after = own_rss_kib();
     println!(
         "{} tokens remembered: RSS {before} KiB -> {after} KiB, {:.0} bytes per token",
         tokens.len(),

@@ -10,22 +10,15 @@
 use epochgate::revocation::replica::ReplicaStore;
 use epochgate::revocation::RevocationRecord;
 
+// The RSS reader the tests and benches use (std only).
+#[path = "../tests/common/rss.rs"]
+mod rss;
+use rss::own_rss_kib;
+
 // The `epochgate` binary's allocator, so that the figures are the binary's.
 #[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .map(str::to_string)
-        })
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        .unwrap_or(0)
-}
 
 fn main() {
     let n: u64 = std::env::args()
@@ -34,7 +27,7 @@ fn main() {
         .unwrap_or(1_000_000);
     let store = ReplicaStore::new();
     let record = RevocationRecord::default();
-    let before = rss_kib();
+    let before = own_rss_kib();
     let mut account = String::with_capacity(32);
     for i in 0..n {
         use std::fmt::Write;
@@ -49,7 +42,7 @@ fn main() {
             },
         );
     }
-    let after = rss_kib();
+    let after = own_rss_kib();
     let records = store.len();
     let capacity = store.capacity();
     // A slot is a 16-byte key and an 8-byte value, plus one control byte; hashbrown keeps

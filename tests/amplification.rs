@@ -53,18 +53,6 @@ async fn send_all(edge: &Edge, tokens: Arc<Vec<String>>) -> std::collections::Ha
     total
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .map(str::to_string)
-        })
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_tokens_for_random_accounts_cause_zero_origin_requests() {
     // Every forged token is verified (and rejected): without the per-client budget, which

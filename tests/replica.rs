@@ -3,17 +3,19 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::nats::{create_bucket, put_many, put_raw, put_record, NatsServer, Relay};
+use common::replica_fleet::{
+    replica_edge, ReplicaBackends, MAX_LIFETIME, ON_ORIGIN_UNAVAILABLE, REPLICA_MAX_STALE,
+};
 use common::*;
-use epochgate::reference::auth_origin::AuthOrigin;
 
 const BUCKET: &str = "epochgate-revocations";
 const MONTH: Duration = Duration::from_secs(30 * 86_400);
 
-/// How an edge of these tests is configured.
+/// How an edge of these tests is configured: the replica edge of tests/common, with these
+/// keys.
 struct ReplicaEdge<'a> {
     servers: Vec<String>,
     max_stale: &'a str,
@@ -26,9 +28,9 @@ impl Default for ReplicaEdge<'_> {
     fn default() -> Self {
         ReplicaEdge {
             servers: Vec::new(),
-            max_stale: "10m",
-            policy: "deny",
-            max_lifetime: Some("30d"),
+            max_stale: REPLICA_MAX_STALE,
+            policy: ON_ORIGIN_UNAVAILABLE,
+            max_lifetime: Some(MAX_LIFETIME),
             bucket: BUCKET,
         }
     }
@@ -36,14 +38,12 @@ impl Default for ReplicaEdge<'_> {
 
 impl ReplicaEdge<'_> {
     fn config(&self, origin_url: &str, upstream: &Upstream) -> EdgeConfig {
-        let config = EdgeConfig::to(origin_url, upstream.addr)
-            .replica(&self.servers, self.bucket, self.max_stale)
-            .refresh_after("30s")
-            .max_stale("10m")
+        let config = replica_edge(origin_url, upstream.addr, &self.servers, self.bucket)
+            .replica_max_stale(self.max_stale)
             .on_origin_unavailable(self.policy);
         match self.max_lifetime {
             Some(lifetime) => config.max_lifetime(lifetime),
-            None => config,
+            None => config.remove("token.max_lifetime"),
         }
     }
 
@@ -81,38 +81,17 @@ async fn error_of(edge: &Edge, token: &str, expected_status: u16) -> String {
 // ---------------------------------------------------------------------------
 
 struct Fleet {
-    _nats: NatsServer,
-    origin: Arc<AuthOrigin>,
-    origin_url: String,
-    _upstream: Upstream,
+    backends: ReplicaBackends,
     edges: Vec<Edge>,
     client: reqwest::Client,
 }
 
 /// One NATS server, the reference auth origin publishing to it (`--nats`), three edges.
 async fn fleet() -> Fleet {
-    let nats = NatsServer::start();
-    let origin = AuthOrigin::new(ISSUER, AUDIENCE).unwrap();
-    origin
-        .publish_to_nats(&nats.url(), BUCKET, MONTH, Duration::ZERO)
-        .await
-        .expect("the reference origin creates the bucket");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let origin_url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(epochgate::reference::serve(
-        listener,
-        origin.router(),
-        std::future::pending(),
-    ));
-    let upstream = Upstream::start().await;
-    let config = on(&nats);
-    let edges =
-        futures::future::join_all((0..3).map(|_| config.start(&origin_url, &upstream))).await;
+    let backends = ReplicaBackends::start(BUCKET).await;
+    let edges = futures::future::join_all((0..3).map(|_| backends.edge().start())).await;
     Fleet {
-        _nats: nats,
-        origin,
-        origin_url,
-        _upstream: upstream,
+        backends,
         edges,
         client: reqwest::Client::new(),
     }
@@ -122,7 +101,7 @@ impl Fleet {
     async fn post(&self, path: &str) {
         let r = self
             .client
-            .post(format!("{}{path}", self.origin_url))
+            .post(format!("{}{path}", self.backends.origin_url))
             .send()
             .await
             .unwrap();
@@ -152,7 +131,7 @@ impl Fleet {
 #[tokio::test]
 async fn sign_out_at_the_reference_origin_reaches_every_edge_within_a_second_without_lookups() {
     let fleet = fleet().await;
-    let token = fleet.origin.issue_token("alice", "tv").unwrap();
+    let token = fleet.backends.origin.issue_token("alice", "tv").unwrap();
     for edge in &fleet.edges {
         assert_eq!(status(edge, &token).await, 200);
     }
@@ -160,6 +139,7 @@ async fn sign_out_at_the_reference_origin_reaches_every_edge_within_a_second_wit
     fleet.every_edge_rejects(&token, 401, "signed_out").await;
     assert_eq!(
         fleet
+            .backends
             .origin
             .revocation_requests
             .load(std::sync::atomic::Ordering::SeqCst),
@@ -171,8 +151,8 @@ async fn sign_out_at_the_reference_origin_reaches_every_edge_within_a_second_wit
 #[tokio::test]
 async fn device_sign_out_at_the_reference_origin_rejects_only_that_device_on_every_edge() {
     let fleet = fleet().await;
-    let tv = fleet.origin.issue_token("alice", "tv").unwrap();
-    let phone = fleet.origin.issue_token("alice", "phone").unwrap();
+    let tv = fleet.backends.origin.issue_token("alice", "tv").unwrap();
+    let phone = fleet.backends.origin.issue_token("alice", "phone").unwrap();
     fleet.post("/v1/accounts/alice/devices/tv/signout").await;
     fleet
         .every_edge_rejects(&tv, 401, "device_signed_out")
@@ -186,6 +166,7 @@ async fn device_sign_out_at_the_reference_origin_rejects_only_that_device_on_eve
     }
     assert_eq!(
         fleet
+            .backends
             .origin
             .revocation_requests
             .load(std::sync::atomic::Ordering::SeqCst),

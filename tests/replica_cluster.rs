@@ -65,21 +65,30 @@ async fn node_of(edge: &Edge, ports: &[u16]) -> usize {
     .await
 }
 
-/// Waits (20 s at most) until the edge rejects the token `401 signed_out`.
+/// Waits (30 s at most: a lost node is noticed by missed heartbeats after 10 s, and the
+/// cluster may have to elect new leaders) until the edge rejects the token `401 signed_out`.
+/// On time-out the panic shows the end of the edge's log.
 async fn rejects_signed_out(edge: &Edge, token: &str, who: &str) {
-    eventually(
-        Duration::from_secs(20),
-        &format!("{who} 401 signed_out at an edge"),
-        || async move {
-            let r = edge.get_with_token("/", token).await;
-            if r.status() != 401 {
-                return None;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = edge.get_with_token("/", token).await;
+        if r.status() == 401 {
+            let body: serde_json::Value = r.json().await.unwrap_or_default();
+            if body["error"] == "signed_out" {
+                return;
             }
-            let body: serde_json::Value = r.json().await.ok()?;
-            (body["error"] == "signed_out").then_some(())
-        },
-    )
-    .await;
+        }
+        if Instant::now() > deadline {
+            let log = edge.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            panic!(
+                "{who} not 401 signed_out at an edge within 30 s; the edge's log ends:\n{}",
+                tail.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]

@@ -238,6 +238,10 @@ impl EdgeConfig {
             .put("replica.max_stale", max_stale)
     }
 
+    pub fn replica_max_stale(self, stale: &str) -> EdgeConfig {
+        self.put("replica.max_stale", stale)
+    }
+
     // --- rollout ---
 
     /// The top-level mode: `enforce`, `observe` or `off`.

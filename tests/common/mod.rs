@@ -9,6 +9,7 @@ pub mod nats;
 pub mod origin;
 pub mod replica_fleet;
 pub mod restart_load;
+pub mod rss;
 pub mod tls;
 pub mod upstream;
 
@@ -28,6 +29,8 @@ pub use config::EdgeConfig;
 pub use edge::Edge;
 #[allow(unused_imports)]
 pub use origin::{FeedCommand, Mode, OriginState, TestOrigin};
+#[allow(unused_imports)]
+pub use rss::{own_rss_kib, rss_kib};
 #[allow(unused_imports)]
 pub use upstream::Upstream;
 

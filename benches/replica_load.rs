@@ -7,6 +7,9 @@
 //!    holds them all.
 //! 3. A second edge starts on the full bucket: the time from start to `/readyz` 200, and its
 //!    RSS.
+//! 4. The nats-server is killed and started again under that edge: the time until it accepts
+//!    connections, and from then until a sign-out put after the restart is rejected at the
+//!    edge (the edge reconnects and resumes from the revision after the last it applied).
 //!
 //! RSS per record is (RSS with the records - RSS of the edge on the empty bucket) / records,
 //! each RSS read from /proc/PID/status (VmRSS) after `SETTLE_SECS` of quiet (jemalloc returns
@@ -118,7 +121,7 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async move {
-        let nats = NatsServer::start();
+        let mut nats = NatsServer::start();
         create_bucket(&nats.url(), BUCKET, Duration::from_secs(30 * 86_400), 1).await;
         let origin = TestOrigin::start().await;
         let upstream = Upstream::start().await;
@@ -216,6 +219,35 @@ fn main() {
             per_record(ready_rss, empty_rss, records),
             mib(fresh_rss),
             per_record(fresh_rss, empty_rss, records)
+        );
+
+        // 4. The server restarts under the ready edge.
+        nats.stop();
+        let restarting = Instant::now();
+        nats.start_again();
+        let accepting = restarting.elapsed();
+        let since_accepting = Instant::now();
+        let client = async_nats::connect(nats.url()).await.expect("NATS after the restart");
+        let store = loop {
+            match jetstream::new(client.clone()).get_key_value(BUCKET).await {
+                Ok(store) => break store,
+                Err(_) if since_accepting.elapsed() < Duration::from_secs(120) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                Err(e) => panic!("the bucket after the restart: {e}"),
+            }
+        };
+        let late = account(records);
+        common::nats::put_record(&store, &late, epoch, &[]).await;
+        let token = origin.token_at(&late, "tv", epoch - 60);
+        let limit = Duration::from_secs(300);
+        while fresh.get_with_token("/", &token).await.status() != 401 {
+            assert!(since_accepting.elapsed() < limit, "the edge never got the sign-out put after the restart");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        println!(
+            "nats-server restarted under the ready edge: accepting after {accepting:.2?}; a sign-out put then rejected at the edge {:.2?} after that",
+            since_accepting.elapsed()
         );
     });
 }

@@ -28,6 +28,11 @@ pub struct DemoArgs {
     /// Exit after the walkthrough instead of serving until Ctrl-C.
     #[arg(long)]
     pub exit: bool,
+    /// A NATS server with JetStream: the auth origin puts every sign-out into the bucket
+    /// `epochgate-revocations` there (creating it), and the edge runs a fleet replica of it
+    /// instead of asking the auth origin.
+    #[arg(long, value_name = "URL")]
+    pub nats: Option<String>,
 }
 
 const ISSUER: &str = "https://auth.example.com";
@@ -35,6 +40,14 @@ const AUDIENCE: &str = "streaming-edge";
 
 /// The demo's edge configuration (the same keys as `config/epochgate.yaml`).
 pub fn demo_config(args: &DemoArgs) -> String {
+    // With --nats every record comes from the bucket: no lookups, no feed.
+    let (max_lifetime, replica) = match &args.nats {
+        Some(url) => (
+            "  max_lifetime: 30d   # required with replica:\n".to_string(),
+            format!("replica:\n  nats: {{ servers: [{url:?}] }}\n"),
+        ),
+        None => (String::new(), String::new()),
+    };
     format!(
         r#"
 server:
@@ -53,10 +66,10 @@ token:
   algorithms: [ES256]
   issuer: "{ISSUER}"
   audience: "{AUDIENCE}"
-cache:
+{max_lifetime}cache:
   refresh_after: 30s   # the revocation feed pushes sign-outs; polling is the fallback
   max_stale: 10m
-"#,
+{replica}"#,
         proxy = args.proxy_port,
         admin = args.admin_port,
         auth = args.auth_port,
@@ -104,6 +117,17 @@ fn start_origins(args: &DemoArgs, auth: Arc<AuthOrigin>) -> Result<(), String> {
     };
     let auth_listener = bind(args.auth_port)?;
     let stream_listener = bind(args.stream_port)?;
+    if let Some(url) = &args.nats {
+        // Before the edge starts: it checks that the bucket exists.
+        runtime
+            .block_on(auth.publish_to_nats(
+                url,
+                crate::config::DEFAULT_BUCKET,
+                Duration::from_secs(30 * 86_400),
+                Duration::from_secs(1),
+            ))
+            .map_err(|e| format!("--nats: {e}"))?;
+    }
     std::thread::spawn(move || {
         runtime.block_on(async move {
             let never = std::future::pending::<()>;
@@ -147,6 +171,9 @@ fn walkthrough(args: &DemoArgs) -> Result<(), String> {
     run_with_token(&whoami, &token)?;
 
     step("3. Alice presses \"Sign out of all devices\"");
+    if args.nats.is_some() {
+        println!("(the auth origin puts her record into the NATS bucket; the edge's replica gets it from there)");
+    }
     run_shown(&format!(
         "curl -s -X POST {auth}/v1/accounts/alice/signout-all"
     ))?;
@@ -177,7 +204,7 @@ fn walkthrough(args: &DemoArgs) -> Result<(), String> {
 
     step("6. What the edge counted");
     run_shown(&format!(
-        "curl -s {admin}/metrics | grep -E '^epochgate_(requests_total|origin_requests_total|epoch_cache_lookups_total)' | grep -v ' 0$'"
+        "curl -s {admin}/metrics | grep -E '^epochgate_(requests_total|origin_requests_total|epoch_cache_lookups_total|replica_records|replica_updates_total)' | grep -v ' 0$'"
     ))?;
     Ok(())
 }

@@ -177,6 +177,36 @@ fn demo_walkthrough_runs_and_shows_the_rejection() {
     );
 }
 
+#[test]
+fn demo_walkthrough_with_nats_rejects_through_the_bucket_without_lookups() {
+    let nats = common::nats::NatsServer::start();
+    let ports: Vec<String> = (0..4).map(|_| free_port().to_string()).collect();
+    let (code, out) = run_cli(&[
+        "demo",
+        "--exit",
+        "--proxy-port",
+        &ports[0],
+        "--admin-port",
+        &ports[1],
+        "--auth-port",
+        &ports[2],
+        "--stream-port",
+        &ports[3],
+        "--nats",
+        &nats.url(),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(r#""error":"signed_out""#) && out.contains("HTTP 401"),
+        "{out}"
+    );
+    assert!(
+        out.contains(r#"epochgate_replica_updates_total{outcome="applied"} 1"#),
+        "{out}"
+    );
+    assert!(!out.contains("epochgate_epoch_cache_lookups_total"), "{out}");
+}
+
 #[tokio::test]
 async fn check_endpoint_answers_204_then_401_after_sign_out() {
     let reference = Reference::start().await;

@@ -160,6 +160,12 @@ impl ReplicaStore {
         let mut shard = write(self.shard(key));
         let old = shard.get(&key).copied().unwrap_or(0);
         let epoch = (old & EPOCH_MASK).max(record.epoch.min(EPOCH_MASK));
+        if old & HAS_DEVICES == 0 && record.devices.is_empty() {
+            // The common case: no device epochs before or now, so the shared side map is
+            // not locked.
+            shard.insert(key, epoch);
+            return;
+        }
         let mut devices = write(&self.devices);
         let has_devices = {
             let mut kept = devices.remove(&key).unwrap_or_default();

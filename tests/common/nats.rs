@@ -1,7 +1,8 @@
 //! nats-server processes for the fleet replica's tests: one server on a free loopback port
-//! with JetStream storage in a temp dir, or a three-node cluster; a node can be stopped and
-//! started again on the same port and store; each is killed on drop. Also a TCP relay in
-//! front of a server whose connections a test can cut, and helpers to fill a bucket.
+//! with JetStream storage in a temp dir, a three-node cluster, or a hub and a site's leaf
+//! node holding a mirror of the bucket; a node can be stopped and started again on the same
+//! port and store; each is killed on drop. Also a TCP relay in front of a server whose
+//! connections a test can cut, and helpers to fill a bucket.
 #![allow(dead_code)]
 
 use std::net::{SocketAddr, TcpStream};
@@ -78,8 +79,9 @@ impl NatsServer {
         while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
             assert!(
                 Instant::now() < deadline,
-                "nats-server {} is not accepting on {addr}",
-                self.name
+                "nats-server {} is not accepting on {addr}; its log:\n{}",
+                self.name,
+                self.log()
             );
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -91,6 +93,11 @@ impl NatsServer {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// What the process wrote so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.store.with_extension("log")).unwrap_or_default()
     }
 
     pub fn running(&self) -> bool {
@@ -155,6 +162,124 @@ impl NatsCluster {
     }
 }
 
+/// A hub server (JetStream domain [`NatsLeafSite::HUB_DOMAIN`], where the publisher puts)
+/// and one site's leaf server (its own domain [`NatsLeafSite::SITE_DOMAIN`], where the edges
+/// read), the leaf connected to the hub's leaf-node port through a [`Relay`]: cutting the
+/// relay cuts the site off from the hub while both servers stay up.
+pub struct NatsLeafSite {
+    pub hub: NatsServer,
+    pub leaf: NatsServer,
+    /// The leaf node's connection to the hub.
+    pub link: Relay,
+}
+
+impl NatsLeafSite {
+    pub const HUB_DOMAIN: &'static str = "hub";
+    pub const SITE_DOMAIN: &'static str = "site";
+
+    /// Starts the hub, the relay in front of its leaf-node port, then the leaf server, and
+    /// waits until the leaf node is connected to the hub.
+    pub async fn start() -> NatsLeafSite {
+        let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+        let leafnode_port = free_port();
+        let link = Relay::start(leafnode_port).await;
+        // The hub names the relay as its leaf-node address (`advertise`): a leaf node
+        // reconnects to the addresses the hub gave it, which would otherwise bypass the relay.
+        let hub_config = write_config(
+            &dir,
+            "hub",
+            &format!(
+                "jetstream {{ domain: {} }}\nleafnodes {{ listen: \"127.0.0.1:{leafnode_port}\", advertise: \"127.0.0.1:{}\" }}\n",
+                NatsLeafSite::HUB_DOMAIN,
+                link.port
+            ),
+        );
+        let mut hub = NatsServer::new(free_port(), "hub", hub_config, dir.clone());
+        hub.start_again();
+        // The leaf node tries the hub again every second while the link is down.
+        let leaf_config = write_config(
+            &dir,
+            "site",
+            &format!(
+                "jetstream {{ domain: {} }}\nleafnodes {{ reconnect: 1, remotes: [ {{ url: \"nats-leaf://127.0.0.1:{}\" }} ] }}\n",
+                NatsLeafSite::SITE_DOMAIN,
+                link.port
+            ),
+        );
+        let mut leaf = NatsServer::new(free_port(), "site", leaf_config, dir);
+        leaf.start_again();
+        let site = NatsLeafSite { hub, leaf, link };
+        site.wait_linked().await;
+        site
+    }
+
+    /// Waits (10 s at most) until the hub's JetStream answers through the leaf node (a
+    /// request to the hub domain's API on the leaf server gets an answer).
+    pub async fn wait_linked(&self) {
+        let client = async_nats::connect(self.leaf.url())
+            .await
+            .expect("connect to the leaf server");
+        let subject = format!("$JS.{}.API.INFO", NatsLeafSite::HUB_DOMAIN);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::time::timeout(
+            Duration::from_secs(1),
+            client.request(subject.clone(), bytes::Bytes::new()),
+        )
+        .await
+        .map_or(true, |answer| answer.is_err())
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the leaf node never reached the hub"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Creates, on the leaf server, the stream `KV_{bucket}` as a mirror of the hub's stream
+    /// of the same name, with the settings of the bucket (one value per key, values kept
+    /// `max_age`), as a site's operator would.
+    pub async fn mirror_bucket(&self, bucket: &str, max_age: Duration) {
+        let client = async_nats::connect(self.leaf.url())
+            .await
+            .expect("connect to the leaf server");
+        let name = format!("KV_{bucket}");
+        jetstream::new(client)
+            .create_stream(jetstream::stream::Config {
+                name: name.clone(),
+                description: Some(format!("mirror of {bucket} from the hub")),
+                mirror: Some(jetstream::stream::Source {
+                    name,
+                    external: Some(jetstream::stream::External {
+                        api_prefix: format!("$JS.{}.API", NatsLeafSite::HUB_DOMAIN),
+                        delivery_prefix: None,
+                    }),
+                    ..Default::default()
+                }),
+                max_messages_per_subject: 1,
+                max_bytes: -1,
+                max_messages: -1,
+                max_message_size: -1,
+                max_age,
+                storage: jetstream::stream::StorageType::File,
+                allow_rollup: true,
+                deny_delete: true,
+                allow_direct: true,
+                discard: jetstream::stream::DiscardPolicy::New,
+                ..Default::default()
+            })
+            .await
+            .expect("create the mirror on the leaf server");
+    }
+}
+
+/// Writes a nats-server config file `{name}.conf` in `dir`; the arguments to load it.
+fn write_config(dir: &tempfile::TempDir, name: &str, text: &str) -> Vec<String> {
+    let path = dir.path().join(format!("{name}.conf"));
+    std::fs::write(&path, text).expect("write the nats-server config");
+    vec!["-c".to_string(), path.to_string_lossy().into_owned()]
+}
+
 /// Creates a replica bucket (history 1), retrying while JetStream is not ready yet (a new
 /// cluster elects its leader first; 30 s at most).
 pub async fn create_bucket(
@@ -208,6 +333,26 @@ pub async fn put_many(store: &kv::Store, prefix: &str, count: usize, epoch: u64)
         .buffer_unordered(256)
         .collect::<Vec<()>>()
         .await;
+}
+
+/// Puts the publisher's heartbeat (key `epochgate.heartbeat`) stamped `at_ms`.
+pub async fn put_heartbeat(store: &kv::Store, at_ms: u64) {
+    put_raw(
+        store,
+        epochgate::revocation::replica::entry::HEARTBEAT_KEY,
+        &serde_json::json!({ "at_ms": at_ms }).to_string(),
+    )
+    .await;
+}
+
+/// A publisher's heartbeat every 200 ms, stamped now, until the task is aborted.
+pub fn heartbeats(store: kv::Store) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            put_heartbeat(&store, epochgate::unix_millis()).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
 }
 
 /// A TCP relay on a loopback port in front of `target`, whose connections a test can cut

@@ -204,7 +204,10 @@ fn demo_walkthrough_with_nats_rejects_through_the_bucket_without_lookups() {
         out.contains(r#"epochgate_replica_updates_total{outcome="applied"} 1"#),
         "{out}"
     );
-    assert!(!out.contains("epochgate_epoch_cache_lookups_total"), "{out}");
+    assert!(
+        !out.contains("epochgate_epoch_cache_lookups_total"),
+        "{out}"
+    );
 }
 
 #[tokio::test]

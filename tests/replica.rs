@@ -5,7 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::nats::{create_bucket, put_many, put_raw, put_record, NatsServer, Relay};
+use common::nats::{
+    create_bucket, heartbeats, put_heartbeat, put_many, put_raw, put_record, NatsServer, Relay,
+};
 use common::replica_fleet::{
     replica_edge, ReplicaBackends, MAX_LIFETIME, ON_ORIGIN_UNAVAILABLE, REPLICA_MAX_STALE,
 };
@@ -632,26 +634,6 @@ async fn bucket_max_age_shorter_than_token_max_lifetime_refuses_to_start_naming_
 // ---------------------------------------------------------------------------
 // The publisher's heartbeat (`replica.require_heartbeat`)
 // ---------------------------------------------------------------------------
-
-/// Puts the heartbeat stamped `at_ms`.
-async fn put_heartbeat(store: &async_nats::jetstream::kv::Store, at_ms: u64) {
-    put_raw(
-        store,
-        "epochgate.heartbeat",
-        &serde_json::json!({ "at_ms": at_ms }).to_string(),
-    )
-    .await;
-}
-
-/// A publisher's heartbeat every 200 ms, until the task is aborted.
-fn heartbeats(store: async_nats::jetstream::kv::Store) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            put_heartbeat(&store, epochgate::unix_millis()).await;
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    })
-}
 
 /// An edge that counts only heartbeats as contact, stale 2 s after the last one, policy deny.
 async fn heartbeat_edge(nats: &NatsServer, origin: &TestOrigin, upstream: &Upstream) -> Edge {

@@ -224,7 +224,7 @@ fn main() {
         // 4. The server restarts under the ready edge.
         nats.stop();
         let restarting = Instant::now();
-        nats.start_again();
+        nats.start_again_within(Duration::from_secs(600));
         let accepting = restarting.elapsed();
         let since_accepting = Instant::now();
         let client = async_nats::connect(nats.url()).await.expect("NATS after the restart");

@@ -150,21 +150,28 @@ async fn account_ids_are_percent_encoded_on_the_way_to_the_origin() {
     );
 }
 
+/// Runs `epochgate demo --exit` on free ports, with `extra` arguments: exit code, output.
+fn run_demo(extra: &[&str]) -> (i32, String) {
+    let ports: Vec<String> = (0..4).map(|_| free_port().to_string()).collect();
+    let mut args = vec!["demo", "--exit"];
+    for (flag, port) in [
+        "--proxy-port",
+        "--admin-port",
+        "--auth-port",
+        "--stream-port",
+    ]
+    .iter()
+    .zip(&ports)
+    {
+        args.extend([*flag, port.as_str()]);
+    }
+    args.extend(extra);
+    run_cli(&args)
+}
+
 #[test]
 fn demo_walkthrough_runs_and_shows_the_rejection() {
-    let ports: Vec<String> = (0..4).map(|_| free_port().to_string()).collect();
-    let (code, out) = run_cli(&[
-        "demo",
-        "--exit",
-        "--proxy-port",
-        &ports[0],
-        "--admin-port",
-        &ports[1],
-        "--auth-port",
-        &ports[2],
-        "--stream-port",
-        &ports[3],
-    ]);
+    let (code, out) = run_demo(&[]);
     assert_eq!(code, 0, "{out}");
     assert!(
         out.contains(r#""error":"signed_out""#) && out.contains("HTTP 401"),
@@ -180,21 +187,7 @@ fn demo_walkthrough_runs_and_shows_the_rejection() {
 #[test]
 fn demo_walkthrough_with_nats_rejects_through_the_bucket_without_lookups() {
     let nats = common::nats::NatsServer::start();
-    let ports: Vec<String> = (0..4).map(|_| free_port().to_string()).collect();
-    let (code, out) = run_cli(&[
-        "demo",
-        "--exit",
-        "--proxy-port",
-        &ports[0],
-        "--admin-port",
-        &ports[1],
-        "--auth-port",
-        &ports[2],
-        "--stream-port",
-        &ports[3],
-        "--nats",
-        &nats.url(),
-    ]);
+    let (code, out) = run_demo(&["--nats", &nats.url()]);
     assert_eq!(code, 0, "{out}");
     assert!(
         out.contains(r#""error":"signed_out""#) && out.contains("HTTP 401"),

@@ -15,6 +15,8 @@ use async_nats::jetstream::{self, kv};
 use futures::StreamExt;
 use tokio::task::JoinSet;
 
+use epochgate::revocation::replica::publish::bucket_stream_config;
+
 use super::free_port;
 
 /// One nats-server process (a single server or a cluster node).
@@ -53,8 +55,15 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
-    /// Starts the process (again) on the same port and store, and waits until it accepts.
+    /// Starts the process (again) on the same port and store, and waits until it accepts
+    /// (10 s at most).
     pub fn start_again(&mut self) {
+        self.start_again_within(Duration::from_secs(10));
+    }
+
+    /// [`NatsServer::start_again`], waiting up to `limit` (a server recovering millions of
+    /// messages from its store takes longer to accept).
+    pub fn start_again_within(&mut self, limit: Duration) {
         assert!(self.child.is_none(), "{} is already running", self.name);
         let log = std::fs::File::create(self.store.with_extension("log")).expect("log file");
         let child = Command::new("nats-server")
@@ -69,13 +78,13 @@ impl NatsServer {
             .spawn()
             .expect("nats-server runs (apt-get install nats-server)");
         self.child = Some(child);
-        self.wait_listening();
+        self.wait_listening(limit);
     }
 
-    /// Polls the port until the server accepts (10 s at most).
-    fn wait_listening(&self) {
+    /// Polls the port until the server accepts (`limit` at most).
+    fn wait_listening(&self, limit: Duration) {
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + limit;
         while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
             assert!(
                 Instant::now() < deadline,
@@ -243,31 +252,19 @@ impl NatsLeafSite {
         let client = async_nats::connect(self.leaf.url())
             .await
             .expect("connect to the leaf server");
-        let name = format!("KV_{bucket}");
+        let mut config = bucket_stream_config(bucket, max_age, 1);
+        config.description = Some(format!("mirror of {bucket} from the hub"));
+        config.subjects.clear();
+        config.mirror = Some(jetstream::stream::Source {
+            name: config.name.clone(),
+            external: Some(jetstream::stream::External {
+                api_prefix: format!("$JS.{}.API", NatsLeafSite::HUB_DOMAIN),
+                delivery_prefix: None,
+            }),
+            ..Default::default()
+        });
         jetstream::new(client)
-            .create_stream(jetstream::stream::Config {
-                name: name.clone(),
-                description: Some(format!("mirror of {bucket} from the hub")),
-                mirror: Some(jetstream::stream::Source {
-                    name,
-                    external: Some(jetstream::stream::External {
-                        api_prefix: format!("$JS.{}.API", NatsLeafSite::HUB_DOMAIN),
-                        delivery_prefix: None,
-                    }),
-                    ..Default::default()
-                }),
-                max_messages_per_subject: 1,
-                max_bytes: -1,
-                max_messages: -1,
-                max_message_size: -1,
-                max_age,
-                storage: jetstream::stream::StorageType::File,
-                allow_rollup: true,
-                deny_delete: true,
-                allow_direct: true,
-                discard: jetstream::stream::DiscardPolicy::New,
-                ..Default::default()
-            })
+            .create_stream(config)
             .await
             .expect("create the mirror on the leaf server");
     }

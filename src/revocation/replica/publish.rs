@@ -20,19 +20,15 @@ pub enum PublishError {
     Put(String),
 }
 
-/// Creates a revocation bucket: history 1, values kept `max_age` (0: for ever), on
-/// `replicas` servers.
-///
-/// The stream behind the bucket is created directly, with the settings a key-value bucket
-/// has, rather than through the client's own bucket creation: that asks the server for
-/// account details that nats-server 2.9 does not send in the form the client expects.
-pub async fn create_bucket(
-    js: &jetstream::Context,
+/// The stream behind a revocation bucket: one value per key (history 1), values kept
+/// `max_age` (0: for ever), on `replicas` servers. A site's mirror of the bucket is this
+/// without `subjects`, with `mirror` set.
+pub fn bucket_stream_config(
     bucket: &str,
     max_age: Duration,
     replicas: usize,
-) -> Result<(), jetstream::context::CreateStreamError> {
-    js.create_stream(jetstream::stream::Config {
+) -> jetstream::stream::Config {
+    jetstream::stream::Config {
         name: format!("KV_{bucket}"),
         description: Some("epochgate revocation records".to_string()),
         subjects: vec![format!("$KV.{bucket}.>")],
@@ -49,9 +45,23 @@ pub async fn create_bucket(
         num_replicas: replicas.max(1),
         discard: jetstream::stream::DiscardPolicy::New,
         ..Default::default()
-    })
-    .await
-    .map(|_| ())
+    }
+}
+
+/// Creates a revocation bucket ([`bucket_stream_config`]).
+///
+/// The stream behind the bucket is created directly, with the settings a key-value bucket
+/// has, rather than through the client's own bucket creation: that asks the server for
+/// account details that nats-server 2.9 does not send in the form the client expects.
+pub async fn create_bucket(
+    js: &jetstream::Context,
+    bucket: &str,
+    max_age: Duration,
+    replicas: usize,
+) -> Result<(), jetstream::context::CreateStreamError> {
+    js.create_stream(bucket_stream_config(bucket, max_age, replicas))
+        .await
+        .map(|_| ())
 }
 
 /// A bucket of revocation records, opened for writing.

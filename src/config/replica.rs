@@ -175,6 +175,17 @@ token:
         assert_eq!(r.max_lifetime, Duration::from_secs(30 * 86_400));
         assert_eq!(r.credentials_file, None);
         assert_eq!(r.tls_ca_file, None);
+        assert!(!r.require_heartbeat);
+        assert_eq!(r.max_devices_per_account, 1_000, "cache.max_devices_per_account");
+    }
+
+    #[test]
+    fn replica_require_heartbeat_is_read() {
+        let s = with_replica(
+            "  nats:\n    servers: [\"nats://127.0.0.1:4222\"]\n  require_heartbeat: true\n",
+        )
+        .unwrap();
+        assert!(s.replica.unwrap().require_heartbeat);
     }
 
     #[test]

@@ -573,6 +573,52 @@ async fn bucket_deleted_and_created_again_is_read_from_its_start() {
     assert_eq!(edge.readiness().await["replica"], "complete");
 }
 
+#[tokio::test]
+async fn bucket_replaced_while_the_edge_was_cut_off_is_read_from_its_start() {
+    let nats = NatsServer::start();
+    let store = create_bucket(&nats.url(), BUCKET, MONTH, 1).await;
+    put_record(&store, "carol", now() + 1, &[]).await;
+    put_record(&store, "dave", now() + 1, &[]).await;
+    let mut relay = Relay::start(nats.port).await;
+    let origin = TestOrigin::start().await;
+    let upstream = Upstream::start().await;
+    let edge = ReplicaEdge {
+        servers: vec![relay.url()],
+        ..ReplicaEdge::default()
+    }
+    .start(&origin.url(), &upstream)
+    .await;
+    let dave = origin.token("dave", "tv");
+    assert_eq!(status(&edge, &dave).await, 401);
+
+    relay.cut();
+    eventually(Duration::from_secs(10), "replica disconnected", || async {
+        (edge.readiness().await["replica"] == "disconnected").then_some(())
+    })
+    .await;
+    // Replaced while this edge cannot hear it: the new bucket numbers its revisions from 1,
+    // below where the edge's reading would resume on reconnecting.
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    js.delete_stream(format!("KV_{BUCKET}")).await.unwrap();
+    let store = create_bucket(&nats.url(), BUCKET, MONTH, 1).await;
+    put_record(&store, "erin", now() + 1, &[]).await;
+
+    relay.restore().await;
+    let erin = origin.token("erin", "tv");
+    eventually(
+        Duration::from_secs(20),
+        "erin signed out at the edge",
+        || {
+            let erin = erin.clone();
+            let edge = &edge;
+            async move { (status(edge, &erin).await == 401).then_some(()) }
+        },
+    )
+    .await;
+    assert_eq!(status(&edge, &dave).await, 401, "records held stay");
+    assert_eq!(status(&edge, &origin.token("bob", "tv")).await, 200);
+}
+
 // ---------------------------------------------------------------------------
 // Configuration and start-up checks
 // ---------------------------------------------------------------------------

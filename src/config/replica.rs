@@ -176,7 +176,10 @@ token:
         assert_eq!(r.credentials_file, None);
         assert_eq!(r.tls_ca_file, None);
         assert!(!r.require_heartbeat);
-        assert_eq!(r.max_devices_per_account, 1_000, "cache.max_devices_per_account");
+        assert_eq!(
+            r.max_devices_per_account, 1_000,
+            "cache.max_devices_per_account"
+        );
     }
 
     #[test]

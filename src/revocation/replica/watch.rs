@@ -26,6 +26,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// The longest wait between attempts to (re)open the watch.
 const MAX_RETRY: Duration = Duration::from_secs(5);
+/// How often the watch checks that its bucket is still the one it reads: one deleted and
+/// created again numbers its revisions from 1, below where the watch would resume.
+const BUCKET_CHECK_EVERY: Duration = Duration::from_secs(5);
 
 /// Why the replica cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -165,6 +168,22 @@ pub fn check_at_start(settings: &ReplicaSettings, wait: Duration) -> Result<(), 
             }
         }
     })
+}
+
+/// Whether the bucket's stream is gone, or was created again after `created` (nanoseconds).
+/// A check that gets no answer says no: an unreachable server is the connection's business.
+async fn bucket_replaced(js: &jetstream::Context, bucket: &str, created: Option<i128>) -> bool {
+    use jetstream::context::GetStreamErrorKind;
+    let check = js.get_stream(format!("KV_{bucket}"));
+    match tokio::time::timeout(ROUND_TRIP_TIMEOUT * 2, check).await {
+        Ok(Ok(stream)) => Some(stream.cached_info().created.unix_timestamp_nanos()) != created,
+        Ok(Err(e)) => matches!(
+            e.kind(),
+            GetStreamErrorKind::JetStream(js_error)
+                if js_error.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+        ),
+        Err(_) => false,
+    }
 }
 
 /// Where the watch resumes after an interruption.
@@ -335,9 +354,23 @@ impl BackgroundService for ReplicaWatch {
             last_error.clear();
             retry = Duration::from_millis(100);
             self.replica.set_watching(true);
+            let mut bucket_check = tokio::time::interval_at(
+                tokio::time::Instant::now() + BUCKET_CHECK_EVERY,
+                BUCKET_CHECK_EVERY,
+            );
             loop {
                 let entry = tokio::select! {
                     entry = watch.next() => entry,
+                    _ = bucket_check.tick() => {
+                        if bucket_replaced(&js, &settings.bucket, position.created).await {
+                            log::warn!(
+                                "replica: bucket `{}` was deleted or created again; reopening",
+                                settings.bucket
+                            );
+                            break;
+                        }
+                        continue;
+                    }
                     _ = shutdown.changed() => break 'outer,
                 };
                 match entry {

@@ -80,12 +80,13 @@ fn account(i: u64) -> String {
 
 /// Polls `/readyz` until 200: the time it took from `since`, or `None` after `limit`.
 async fn ready_after(edge: &Edge, since: Instant, limit: Duration) -> Option<Duration> {
-    let client = reqwest::Client::new();
     loop {
-        if let Ok(r) = client.get(edge.admin_url("/readyz")).send().await {
-            if r.status() == 200 {
-                return Some(since.elapsed());
-            }
+        if edge
+            .try_readiness()
+            .await
+            .is_some_and(|(status, _)| status == 200)
+        {
+            return Some(since.elapsed());
         }
         if since.elapsed() > limit {
             return None;

@@ -61,6 +61,29 @@ impl ReplicaEdge<'_> {
     }
 }
 
+/// A nats-server whose bucket holds the accounts `signed_out` (signed out a second from
+/// now), the bucket, the test origin and an upstream: what most tests here start from.
+async fn backends(
+    signed_out: &[&str],
+) -> (
+    NatsServer,
+    async_nats::jetstream::kv::Store,
+    TestOrigin,
+    Upstream,
+) {
+    let nats = NatsServer::start();
+    let store = create_bucket(&nats.url(), BUCKET, MONTH, 1).await;
+    for account in signed_out {
+        put_record(&store, account, now() + 1, &[]).await;
+    }
+    (
+        nats,
+        store,
+        TestOrigin::start().await,
+        Upstream::start().await,
+    )
+}
+
 fn on(server: &NatsServer) -> ReplicaEdge<'static> {
     ReplicaEdge {
         servers: vec![server.url()],
@@ -182,10 +205,7 @@ async fn device_sign_out_at_the_reference_origin_rejects_only_that_device_on_eve
 
 #[tokio::test]
 async fn restarted_edge_is_ready_only_with_all_10000_records_and_rejects_on_its_first_request() {
-    let nats = NatsServer::start();
-    let store = create_bucket(&nats.url(), BUCKET, MONTH, 1).await;
-    let origin = TestOrigin::start().await;
-    let upstream = Upstream::start().await;
+    let (nats, store, origin, upstream) = backends(&[]).await;
     let token = origin.token("account-9999", "tv");
     put_many(&store, "account-", 10_000, now() + 1).await;
     let mut edge = on(&nats).start(&origin.url(), &upstream).await;
@@ -195,14 +215,8 @@ async fn restarted_edge_is_ready_only_with_all_10000_records_and_rejects_on_its_
         Duration::from_secs(15),
         "ready after the restart",
         || async {
-            let r = edge
-                .client
-                .get(edge.admin_url("/readyz"))
-                .send()
-                .await
-                .ok()?;
-            let ready = r.status() == 200;
-            let body: serde_json::Value = r.json().await.ok()?;
+            let (status, body) = edge.try_readiness().await?;
+            let ready = status == 200;
             if ready {
                 assert_eq!(body["replica"], "complete");
                 assert_eq!(body["replica_records"], 10_000, "ready with every record");
@@ -218,10 +232,7 @@ async fn restarted_edge_is_ready_only_with_all_10000_records_and_rejects_on_its_
 
 #[tokio::test]
 async fn empty_bucket_is_complete_at_once() {
-    let nats = NatsServer::start();
-    create_bucket(&nats.url(), BUCKET, MONTH, 1).await;
-    let origin = TestOrigin::start().await;
-    let upstream = Upstream::start().await;
+    let (nats, _store, origin, upstream) = backends(&[]).await;
     let edge = on(&nats).start(&origin.url(), &upstream).await;
     let body = edge.readiness().await;
     assert_eq!(body["replica"], "complete");
@@ -232,23 +243,12 @@ async fn empty_bucket_is_complete_at_once() {
 
 #[tokio::test]
 async fn nats_down_at_start_keeps_the_edge_not_ready_until_it_comes() {
-    let mut nats = NatsServer::start();
-    let store = create_bucket(&nats.url(), BUCKET, MONTH, 1).await;
-    put_record(&store, "alice", now() + 1, &[]).await;
+    let (mut nats, _store, origin, upstream) = backends(&["alice"]).await;
     nats.stop();
-    let origin = TestOrigin::start().await;
-    let upstream = Upstream::start().await;
     let edge = on(&nats).spawn(&origin.url(), &upstream);
     let token = origin.token("alice", "tv");
-    let body = eventually(Duration::from_secs(10), "readyz answers", || async {
-        edge.client
-            .get(edge.admin_url("/readyz"))
-            .send()
-            .await
-            .ok()?
-            .json::<serde_json::Value>()
-            .await
-            .ok()
+    let (_, body) = eventually(Duration::from_secs(10), "readyz answers", || {
+        edge.try_readiness()
     })
     .await;
     assert_eq!(body["ready"], false);
@@ -270,11 +270,7 @@ async fn nats_down_at_start_keeps_the_edge_not_ready_until_it_comes() {
 
 #[tokio::test]
 async fn nats_down_later_is_served_from_the_replica_until_max_stale_then_by_the_policy() {
-    let mut nats = NatsServer::start();
-    let store = create_bucket(&nats.url(), BUCKET, MONTH, 1).await;
-    put_record(&store, "alice", now() + 1, &[]).await;
-    let origin = TestOrigin::start().await;
-    let upstream = Upstream::start().await;
+    let (mut nats, _store, origin, upstream) = backends(&["alice"]).await;
     let edge = ReplicaEdge {
         max_stale: "3s",
         ..on(&nats)
@@ -322,11 +318,7 @@ async fn nats_down_later_is_served_from_the_replica_until_max_stale_then_by_the_
 
 #[tokio::test]
 async fn a_quiet_bucket_does_not_make_the_replica_stale() {
-    let nats = NatsServer::start();
-    let store = create_bucket(&nats.url(), BUCKET, MONTH, 1).await;
-    put_record(&store, "alice", now() + 1, &[]).await;
-    let origin = TestOrigin::start().await;
-    let upstream = Upstream::start().await;
+    let (nats, _store, origin, upstream) = backends(&["alice"]).await;
     let edge = ReplicaEdge {
         max_stale: "2s",
         ..on(&nats)
@@ -354,11 +346,7 @@ async fn a_quiet_bucket_does_not_make_the_replica_stale() {
 
 #[tokio::test]
 async fn past_max_stale_the_allow_policy_forwards_unchecked() {
-    let mut nats = NatsServer::start();
-    let store = create_bucket(&nats.url(), BUCKET, MONTH, 1).await;
-    put_record(&store, "alice", now() + 1, &[]).await;
-    let origin = TestOrigin::start().await;
-    let upstream = Upstream::start().await;
+    let (mut nats, _store, origin, upstream) = backends(&["alice"]).await;
     let edge = ReplicaEdge {
         max_stale: "2s",
         policy: "allow",
@@ -381,12 +369,9 @@ async fn past_max_stale_the_allow_policy_forwards_unchecked() {
 
 #[tokio::test]
 async fn updates_made_while_the_edge_was_cut_off_arrive_when_it_reconnects() {
-    let nats = NatsServer::start();
-    let store = create_bucket(&nats.url(), BUCKET, MONTH, 1).await;
+    let (nats, store, origin, upstream) = backends(&[]).await;
     put_record(&store, "alice", 1_000, &[]).await;
     let mut relay = Relay::start(nats.port).await;
-    let origin = TestOrigin::start().await;
-    let upstream = Upstream::start().await;
     let edge = ReplicaEdge {
         servers: vec![relay.url()],
         ..ReplicaEdge::default()
@@ -425,11 +410,7 @@ async fn edge_with_carol() -> (
     Upstream,
     Edge,
 ) {
-    let nats = NatsServer::start();
-    let store = create_bucket(&nats.url(), BUCKET, MONTH, 1).await;
-    put_record(&store, "carol", now() + 1, &[]).await;
-    let origin = TestOrigin::start().await;
-    let upstream = Upstream::start().await;
+    let (nats, store, origin, upstream) = backends(&["carol"]).await;
     let edge = on(&nats).start(&origin.url(), &upstream).await;
     (nats, store, origin, upstream, edge)
 }
@@ -575,13 +556,8 @@ async fn bucket_deleted_and_created_again_is_read_from_its_start() {
 
 #[tokio::test]
 async fn bucket_replaced_while_the_edge_was_cut_off_is_read_from_its_start() {
-    let nats = NatsServer::start();
-    let store = create_bucket(&nats.url(), BUCKET, MONTH, 1).await;
-    put_record(&store, "carol", now() + 1, &[]).await;
-    put_record(&store, "dave", now() + 1, &[]).await;
+    let (nats, _store, origin, upstream) = backends(&["carol", "dave"]).await;
     let mut relay = Relay::start(nats.port).await;
-    let origin = TestOrigin::start().await;
-    let upstream = Upstream::start().await;
     let edge = ReplicaEdge {
         servers: vec![relay.url()],
         ..ReplicaEdge::default()
@@ -696,12 +672,8 @@ async fn heartbeat_edge(nats: &NatsServer, origin: &TestOrigin, upstream: &Upstr
 #[tokio::test]
 async fn with_require_heartbeat_a_replica_the_heartbeat_stops_reaching_goes_stale_while_connected()
 {
-    let nats = NatsServer::start();
-    let store = create_bucket(&nats.url(), BUCKET, MONTH, 1).await;
-    put_record(&store, "alice", now() + 1, &[]).await;
+    let (nats, store, origin, upstream) = backends(&["alice"]).await;
     let beating = heartbeats(store.clone());
-    let origin = TestOrigin::start().await;
-    let upstream = Upstream::start().await;
     let edge = heartbeat_edge(&nats, &origin, &upstream).await;
     let bob = origin.token("bob", "tv");
     edge.until_status(&bob, 200).await;
@@ -734,13 +706,10 @@ async fn with_require_heartbeat_a_replica_the_heartbeat_stops_reaching_goes_stal
 
 #[tokio::test]
 async fn with_require_heartbeat_an_old_heartbeat_read_at_start_is_not_fresh() {
-    let nats = NatsServer::start();
-    let store = create_bucket(&nats.url(), BUCKET, MONTH, 1).await;
+    let (nats, store, origin, upstream) = backends(&[]).await;
     // The newest heartbeat in the bucket is an hour old: its publisher stopped, or this
     // copy of the bucket was cut off from it.
     put_heartbeat(&store, epochgate::unix_millis() - 3_600_000).await;
-    let origin = TestOrigin::start().await;
-    let upstream = Upstream::start().await;
     let edge = heartbeat_edge(&nats, &origin, &upstream).await;
     let bob = origin.token("bob", "tv");
     assert_eq!(error_of(&edge, &bob, 503).await, "origin_unavailable");

@@ -106,14 +106,8 @@ async fn edge_without_jwks_is_not_ready_and_answers_503_until_keys_arrive() {
         eventually(Duration::from_secs(10), "/readyz to answer", || {
             let edge = &edge;
             async move {
-                let r = edge
-                    .client
-                    .get(edge.admin_url("/readyz"))
-                    .send()
-                    .await
-                    .ok()?;
-                assert_eq!(r.status(), 503);
-                let body: serde_json::Value = r.json().await.ok()?;
+                let (status, body) = edge.try_readiness().await?;
+                assert_eq!(status, 503);
                 // Wait until the proxy listens, so the reason left is the keys.
                 (body["proxy_listening"] == true).then_some(body)
             }

@@ -143,27 +143,22 @@ impl ReplicaFile {
 
 #[cfg(test)]
 mod tests {
+    use crate::config::test_yaml::MINIMAL;
     use crate::config::Settings;
     use std::time::Duration;
 
-    const BASE: &str = r#"
-proxy:
-  listen: ["127.0.0.1:8080"]
-  upstream: { peers: ["127.0.0.1:8000"] }
-auth_origin:
-  url: "http://127.0.0.1:7000/"
-token:
-  algorithms: [ES256]
-  max_lifetime: 30d
-"#;
+    /// The smallest valid config (its `token:` section last) with `token.max_lifetime`.
+    fn base() -> String {
+        format!("{MINIMAL}  max_lifetime: 30d\n")
+    }
 
     fn with_replica(replica: &str) -> Result<Settings, crate::config::ConfigError> {
-        Settings::from_yaml(&format!("{BASE}replica:\n{replica}"))
+        Settings::from_yaml(&format!("{}replica:\n{replica}", base()))
     }
 
     #[test]
     fn replica_is_off_by_default() {
-        assert!(Settings::from_yaml(BASE).unwrap().replica.is_none());
+        assert!(Settings::from_yaml(&base()).unwrap().replica.is_none());
     }
 
     #[test]
@@ -193,10 +188,8 @@ token:
 
     #[test]
     fn replica_without_max_lifetime_names_the_key() {
-        let yaml = format!(
-            "{}replica:\n  nats:\n    servers: [\"nats://127.0.0.1:4222\"]\n",
-            BASE.replace("  max_lifetime: 30d\n", "")
-        );
+        let yaml =
+            format!("{MINIMAL}replica:\n  nats:\n    servers: [\"nats://127.0.0.1:4222\"]\n");
         let e = Settings::from_yaml(&yaml).unwrap_err();
         assert_eq!(e.key, "token.max_lifetime");
     }

@@ -73,15 +73,8 @@ impl Edge {
     }
 
     pub async fn wait_ready(&self) {
-        let url = format!("http://{}/readyz", self.admin);
-        let client = self.client.clone();
-        eventually(Duration::from_secs(15), "edge /readyz = 200", || {
-            let client = client.clone();
-            let url = url.clone();
-            async move {
-                let r = client.get(&url).send().await.ok()?;
-                (r.status() == 200).then_some(())
-            }
+        eventually(Duration::from_secs(15), "edge /readyz = 200", || async {
+            (self.try_readiness().await?.0 == 200).then_some(())
         })
         .await;
     }
@@ -92,13 +85,19 @@ impl Edge {
 
     /// The JSON body of `/readyz`.
     pub async fn readiness(&self) -> Value {
+        self.try_readiness().await.expect("/readyz answers").1
+    }
+
+    /// `/readyz`'s status and JSON body; `None` while the admin listener does not answer.
+    pub async fn try_readiness(&self) -> Option<(u16, Value)> {
         let r = self
             .client
             .get(self.admin_url("/readyz"))
             .send()
             .await
-            .unwrap();
-        r.json().await.unwrap()
+            .ok()?;
+        let status = r.status().as_u16();
+        Some((status, r.json().await.ok()?))
     }
 
     /// Sends the token again and again until the edge answers `status` (10 s at most).

@@ -30,7 +30,8 @@
 //!   - [`revocation::feed`]: the pushed sign-outs (SSE) and their status.
 //!   - [`revocation::sse`]: the Server-Sent Events parser.
 //!   - [`revocation::replica`]: the fleet replica: every record, from a NATS JetStream
-//!     bucket (key encoding, compact store, watch, `replica:` settings, publisher).
+//!     bucket (key encoding, compact store, entries, watch, reaching and checking the
+//!     bucket, publisher).
 //! - `edge/`: the Pingora side.
 //!   - [`edge::admission`]: running the gate on a Pingora session, writing rejections.
 //!   - [`edge::forward`]: the request the upstream receives (identity in, token out).

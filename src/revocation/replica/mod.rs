@@ -2,12 +2,13 @@
 //! bucket, so that the edge decides without asking the auth origin.
 //!
 //! [`store`] holds the records, [`watch`] keeps them current (and owns the connection),
-//! [`entry`] reads and applies one bucket entry, [`key`] maps account ids to bucket keys,
-//! [`publish`] is the writing side (used by the reference auth origin). The `replica:`
-//! config section is [`ReplicaSettings`].
+//! [`nats`] reaches and checks the bucket, [`entry`] reads and applies one bucket entry,
+//! [`key`] maps account ids to bucket keys, [`publish`] is the writing side (used by the
+//! reference auth origin). The `replica:` config section is [`ReplicaSettings`].
 
 pub mod entry;
 pub mod key;
+pub mod nats;
 pub mod publish;
 pub mod store;
 pub mod watch;

@@ -151,8 +151,8 @@ pub struct Replica {
     connected: AtomicBool,
     /// Monotonic milliseconds of the last entry or round trip (0: never).
     last_contact_ms: AtomicU64,
-    /// With `require_heartbeat`: the publisher's stamp (Unix milliseconds) on the newest
-    /// heartbeat received (0: none). The contact dates from that stamp, so a heartbeat that
+    /// The publisher's stamp (Unix milliseconds) on the newest heartbeat received (0: none);
+    /// the contact's age with `require_heartbeat`. The contact dates from that stamp, so a heartbeat that
     /// was already old on arrival (read from a mirror that had been cut off) is not fresh.
     last_heartbeat_at_ms: AtomicU64,
     metrics: ReplicaMetrics,
@@ -263,23 +263,17 @@ impl Replica {
     /// heartbeat counts.
     fn reached(&self) {
         if !self.settings.require_heartbeat {
-            self.contact_at(self.clock.monotonic_millis());
+            self.last_contact_ms
+                .store(self.clock.monotonic_millis(), Ordering::Release);
         }
         self.connected.store(true, Ordering::Release);
     }
 
     /// The publisher's heartbeat, stamped `at_ms` (Unix milliseconds) by the publisher: the
-    /// replica held everything published up to then.
+    /// replica held everything published up to then. (Its message was already counted as
+    /// contact by [`Replica::reached`]; the stamp only matters with `require_heartbeat`.)
     fn heartbeat(&self, at_ms: u64) {
-        if self.settings.require_heartbeat {
-            self.last_heartbeat_at_ms.fetch_max(at_ms, Ordering::AcqRel);
-        } else {
-            self.contact_at(self.clock.monotonic_millis());
-        }
-    }
-
-    fn contact_at(&self, monotonic_ms: u64) {
-        self.last_contact_ms.store(monotonic_ms, Ordering::Release);
+        self.last_heartbeat_at_ms.fetch_max(at_ms, Ordering::AcqRel);
     }
 
     /// A round trip failed.

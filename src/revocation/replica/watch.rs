@@ -24,6 +24,15 @@ const ROUND_TRIP_TIMEOUT: Duration = Duration::from_secs(1);
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// The longest wait between attempts to (re)open the watch.
 const MAX_RETRY: Duration = Duration::from_secs(5);
+/// How long an attempt to open the watch may take at first. A cluster electing a new leader
+/// after losing a node leaves requests unanswered for seconds: short attempts retry soon
+/// after it is done. See [`open_timeout`].
+const MIN_OPEN_TIMEOUT: Duration = Duration::from_secs(2);
+/// The longest an attempt to open the watch may take.
+const MAX_OPEN_TIMEOUT: Duration = Duration::from_secs(20);
+/// Failed attempts in a row after which the time allowed doubles, so a server that is slow
+/// rather than electing still gets the time it needs.
+const ATTEMPTS_PER_TIMEOUT: u32 = 5;
 /// How often the watch checks that its bucket is still the one it reads: one deleted and
 /// created again numbers its revisions from 1, below where the watch would resume.
 const BUCKET_CHECK_EVERY: Duration = Duration::from_secs(5);
@@ -35,6 +44,12 @@ struct Position {
     created: Option<i128>,
     /// The next revision to apply.
     next_revision: u64,
+}
+
+/// How long an attempt to open the watch may take after `failures` failed ones in a row.
+fn open_timeout(failures: u32) -> Duration {
+    let doublings = (failures / ATTEMPTS_PER_TIMEOUT).min(4);
+    (MIN_OPEN_TIMEOUT * (1 << doublings)).min(MAX_OPEN_TIMEOUT)
 }
 
 /// The background service that keeps the replica current.
@@ -144,6 +159,20 @@ impl BackgroundService for ReplicaWatch {
                 return;
             }
         };
+        // Each (re)connection bumps this: the watch then reopens at once from its position.
+        // The client's ordered consumer would recreate itself too, but backs off to 10 s
+        // between tries while the cluster elects a new leader, which delays sign-outs.
+        let (connected_tx, mut connections) = tokio::sync::watch::channel(0u64);
+        let options = options.event_callback(move |event| {
+            match event {
+                async_nats::Event::Connected => {
+                    log::info!("replica: connected to NATS");
+                    connected_tx.send_modify(|n| *n += 1);
+                }
+                other => log::warn!("replica: NATS connection: {other}"),
+            }
+            async {}
+        });
         let client = match options.connect(server_addrs(&settings)).await {
             Ok(client) => client,
             Err(e) => {
@@ -163,10 +192,17 @@ impl BackgroundService for ReplicaWatch {
             next_revision: 1,
         };
         let mut retry = Duration::from_millis(100);
+        let mut failures = 0;
         let mut last_error = String::new();
         'outer: loop {
+            connections.borrow_and_update();
+            let attempt =
+                tokio::time::timeout(open_timeout(failures), self.open(&js, &mut position));
             let opened = tokio::select! {
-                opened = self.open(&js, &mut position) => opened,
+                opened = attempt => opened.unwrap_or_else(|_| Err(ReplicaError::Bucket {
+                    bucket: settings.bucket.clone(),
+                    message: "no answer in time".to_string(),
+                })),
                 _ = shutdown.changed() => break,
             };
             let mut watch = match opened {
@@ -180,9 +216,11 @@ impl BackgroundService for ReplicaWatch {
                     self.replica.set_watching(false);
                     tokio::select! {
                         _ = tokio::time::sleep(retry) => {}
+                        Ok(()) = connections.changed() => {}
                         _ = shutdown.changed() => break,
                     }
                     retry = (retry * 2).min(MAX_RETRY);
+                    failures += 1;
                     continue;
                 }
             };
@@ -195,6 +233,7 @@ impl BackgroundService for ReplicaWatch {
             }
             last_error.clear();
             retry = Duration::from_millis(100);
+            failures = 0;
             self.replica.set_watching(true);
             let mut bucket_check = tokio::time::interval_at(
                 tokio::time::Instant::now() + BUCKET_CHECK_EVERY,
@@ -212,6 +251,17 @@ impl BackgroundService for ReplicaWatch {
                             break;
                         }
                         continue;
+                    }
+                    Ok(()) = connections.changed() => {
+                        if *connections.borrow_and_update() == 1 {
+                            // The first connection, made while the watch was opening.
+                            continue;
+                        }
+                        log::info!(
+                            "replica: reconnected; resuming the watch from revision {}",
+                            position.next_revision
+                        );
+                        break;
                     }
                     _ = shutdown.changed() => break 'outer,
                 };
@@ -251,5 +301,18 @@ impl BackgroundService for ReplicaWatch {
             self.replica.set_watching(false);
         }
         pinger.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_attempts_are_short_at_first_and_longer_after_repeated_failures() {
+        assert_eq!(open_timeout(0), MIN_OPEN_TIMEOUT);
+        assert_eq!(open_timeout(ATTEMPTS_PER_TIMEOUT - 1), MIN_OPEN_TIMEOUT);
+        assert_eq!(open_timeout(ATTEMPTS_PER_TIMEOUT), MIN_OPEN_TIMEOUT * 2);
+        assert_eq!(open_timeout(1_000), MAX_OPEN_TIMEOUT);
     }
 }

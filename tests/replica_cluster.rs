@@ -1,5 +1,6 @@
 //! The fleet replica on a three-node NATS cluster (bucket on three replicas): the node the
-//! edges are connected to goes down and comes back, and no sign-out is lost on the way.
+//! edges are connected to goes down and comes back, or the node leading the bucket's stream
+//! goes down under edges connected elsewhere, and no sign-out is lost on the way.
 
 mod common;
 
@@ -65,6 +66,42 @@ async fn node_of(edge: &Edge, ports: &[u16]) -> usize {
     .await
 }
 
+/// Restarts each edge until its replica is connected to a node `wanted` accepts.
+async fn place_edges(edges: &mut [Edge], ports: &[u16], wanted: impl Fn(usize) -> bool) {
+    for edge in edges.iter_mut() {
+        let mut tries = 0;
+        while !wanted(node_of(edge, ports).await) {
+            tries += 1;
+            assert!(
+                tries <= PLACEMENT_TRIES,
+                "an edge never connected to a wanted node"
+            );
+            edge.restart();
+            edge.wait_ready().await;
+        }
+    }
+}
+
+/// The node (index) leading the bucket's stream (the nodes are named n1, n2 and n3).
+async fn stream_leader(url: &str) -> usize {
+    let client = async_nats::connect(url).await.expect("connect to the node");
+    let js = jetstream::new(client);
+    eventually(Duration::from_secs(10), "the stream's leader", || {
+        let js = js.clone();
+        async move {
+            let mut stream = js.get_stream(format!("KV_{BUCKET}")).await.ok()?;
+            let info = stream.info().await.ok()?;
+            let leader = info.cluster.as_ref()?.leader.as_deref()?;
+            leader
+                .strip_prefix('n')?
+                .parse::<usize>()
+                .ok()?
+                .checked_sub(1)
+        }
+    })
+    .await
+}
+
 /// Waits (30 s at most: the edge reconnects at once, but when the lost node led the stream
 /// the cluster elects a new leader first, which took up to 13 s on a 2-core machine) until
 /// the edge rejects the token `401 signed_out`.
@@ -121,19 +158,7 @@ async fn sign_out_while_the_edges_nats_node_is_down_reaches_every_edge_and_nothi
     let down = (0..3)
         .max_by_key(|n| nodes.iter().filter(|m| *m == n).count())
         .unwrap();
-    for (edge, node) in edges.iter_mut().zip(&mut nodes) {
-        let mut tries = 0;
-        while *node != down {
-            tries += 1;
-            assert!(
-                tries <= PLACEMENT_TRIES,
-                "an edge never connected to node {down}"
-            );
-            edge.restart();
-            edge.wait_ready().await;
-            *node = node_of(edge, &ports).await;
-        }
-    }
+    place_edges(&mut edges, &ports, |node| node == down).await;
     for edge in &edges {
         rejects_signed_out(edge, &alice, "alice").await;
         assert_eq!(edge.get_with_token("/", &bob).await.status(), 200);
@@ -173,6 +198,62 @@ async fn sign_out_while_the_edges_nats_node_is_down_reaches_every_edge_and_nothi
         let readiness = edge.readiness().await;
         assert_eq!(readiness["replica"], "complete");
         assert_eq!(readiness["replica_records"], 3, "alice, bob and carol");
+    }
+    assert_eq!(
+        origin.revocation_requests(),
+        0,
+        "no edge looked a record up"
+    );
+}
+
+#[tokio::test]
+async fn sign_out_while_the_streams_leader_is_down_reaches_edges_connected_to_other_nodes() {
+    let mut cluster = NatsCluster::start();
+    let ports: Vec<u16> = cluster.nodes.iter().map(|n| n.port).collect();
+    let urls: Vec<String> = cluster.nodes.iter().map(|n| n.url()).collect();
+    let first_writer = create_bucket(&urls[0], BUCKET, MONTH, 3).await;
+    let origin = TestOrigin::start().await;
+    let upstream = Upstream::start().await;
+    let (alice, bob, carol) = (
+        origin.token("alice", "tv"),
+        origin.token("bob", "tv"),
+        origin.token("carol", "tv"),
+    );
+    put_record(&first_writer, "alice", now() + 1, &[]).await;
+    let leader = stream_leader(&urls[0]).await;
+
+    // Two edges, each connected to a node that does not lead the stream: their watch is
+    // served from the leader, so losing it stops their updates while their connection stays.
+    let mut edges: Vec<Edge> = (0..2)
+        .map(|_| spawn_replica_edge(&origin.url(), upstream.addr, &urls, BUCKET))
+        .collect();
+    for edge in &edges {
+        edge.wait_ready().await;
+    }
+    place_edges(&mut edges, &ports, |node| node != leader).await;
+    for edge in &edges {
+        rejects_signed_out(edge, &alice, "alice").await;
+        assert_eq!(edge.get_with_token("/", &bob).await.status(), 200);
+    }
+
+    cluster.stop_node(leader);
+    let writer = bucket_through(&urls[(leader + 1) % 3]).await;
+    sign_out(&writer, "bob").await;
+    for edge in &edges {
+        rejects_signed_out(edge, &bob, "bob").await;
+        assert_eq!(
+            edge.get_with_token("/", &alice).await.status(),
+            401,
+            "an earlier sign-out still rejects"
+        );
+        assert_eq!(
+            edge.get_with_token("/", &carol).await.status(),
+            200,
+            "an account never signed out is still served"
+        );
+        let readiness = edge.readiness().await;
+        assert_eq!(readiness["replica"], "complete");
+        assert_eq!(readiness["replica_records"], 2, "alice and bob");
     }
     assert_eq!(
         origin.revocation_requests(),

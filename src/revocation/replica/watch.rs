@@ -52,6 +52,16 @@ fn open_timeout(failures: u32) -> Duration {
     (MIN_OPEN_TIMEOUT * (1 << doublings)).min(MAX_OPEN_TIMEOUT)
 }
 
+/// The next message of an advisory subscription; never, without one.
+async fn next_advisory(
+    subscriber: &mut Option<async_nats::Subscriber>,
+) -> Option<async_nats::Message> {
+    match subscriber {
+        Some(subscriber) => subscriber.next().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The background service that keeps the replica current.
 pub struct ReplicaWatch {
     replica: Arc<Replica>,
@@ -184,6 +194,22 @@ impl BackgroundService for ReplicaWatch {
             self.replica.clone(),
             client.clone(),
         ));
+        // A new leader of the bucket's stream: the watch's consumer may have gone with the
+        // old one, which the client notices only after 10 s without its heartbeat. Where the
+        // edge's credentials do not allow this subject, that remains the way it is noticed.
+        let leader_changes = client
+            .subscribe(format!(
+                "$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.KV_{}",
+                settings.bucket
+            ))
+            .await;
+        let mut leader_changes = match leader_changes {
+            Ok(subscriber) => Some(subscriber),
+            Err(e) => {
+                log::warn!("replica: cannot follow the bucket's leader changes: {e}");
+                None
+            }
+        };
         let js = jetstream::new(client);
         // The next revision to apply: after an interruption the watch resumes here, so
         // nothing published meanwhile is missed.
@@ -259,6 +285,13 @@ impl BackgroundService for ReplicaWatch {
                         }
                         log::info!(
                             "replica: reconnected; resuming the watch from revision {}",
+                            position.next_revision
+                        );
+                        break;
+                    }
+                    Some(_) = next_advisory(&mut leader_changes) => {
+                        log::info!(
+                            "replica: the bucket's stream has a new leader; resuming the watch from revision {}",
                             position.next_revision
                         );
                         break;

@@ -81,7 +81,12 @@ async fn oversized_body_is_an_error_and_the_edge_survives() {
     let origin = TestOrigin::start().await;
     origin.set_mode(Mode::Huge);
     let upstream = Upstream::start().await;
-    let edge = Edge::start(&origin, &upstream).await;
+    // A test origin slowed by a loaded machine past the default 250 ms would be a timeout,
+    // not the oversized body this test is about.
+    let edge = EdgeConfig::new(&origin, &upstream)
+        .origin_timeout("5s")
+        .start()
+        .await;
 
     assert_eq!(
         edge.get_with_token("/", &origin.token("big", "tv"))

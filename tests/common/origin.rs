@@ -29,7 +29,7 @@ pub enum Mode {
     Hang,
     /// Answer after this long.
     Slow(Duration),
-    /// A 50 MB body.
+    /// A 2 MiB body: over the 1 MiB the edge reads from the auth origin.
     Huge,
 }
 
@@ -360,7 +360,7 @@ async fn origin_revocation(
         Mode::Huge => {
             let body = format!(
                 "{{\"account_id\":\"{account}\",\"epoch\":1,\"pad\":\"{}\"}}",
-                "x".repeat(50 * 1024 * 1024)
+                "x".repeat(2 * 1024 * 1024)
             );
             return ([("content-type", "application/json")], body).into_response();
         }

@@ -737,3 +737,66 @@ async fn without_require_heartbeat_the_heartbeat_key_is_not_a_record() {
     );
     assert_eq!(edge.metric("epochgate_replica_records").await, 2.0);
 }
+
+/// The NATS permissions README.md ("The edge's NATS user") gives an edge reading `BUCKET`.
+const EDGE_PERMISSIONS: &str = r#"
+    publish: { allow: [
+        "$JS.API.STREAM.INFO.KV_epochgate-revocations",
+        "$JS.API.CONSUMER.CREATE.KV_epochgate-revocations",
+        "$JS.FC.>"
+    ] }
+    subscribe: { allow: [
+        "_INBOX.>",
+        "$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.KV_epochgate-revocations"
+    ] }
+"#;
+
+#[tokio::test]
+async fn an_edge_whose_nats_user_has_only_the_documented_permissions_works_without_violations() {
+    // Clients without credentials (the edge) are the user `edge`; the test writes as `admin`.
+    let nats = NatsServer::start_with_config(&format!(
+        "authorization {{ users = [
+            {{ user: admin, password: admin }}
+            {{ user: edge, password: edge, permissions: {{ {EDGE_PERMISSIONS} }} }}
+        ] }}
+        no_auth_user: edge
+        "
+    ));
+    let admin = async_nats::ConnectOptions::new()
+        .user_and_password("admin".into(), "admin".into())
+        .connect(nats.url())
+        .await
+        .expect("connect as admin");
+    let js = async_nats::jetstream::new(admin);
+    epochgate::revocation::replica::publish::create_bucket(&js, BUCKET, MONTH, 1)
+        .await
+        .expect("create the bucket");
+    let store = js.get_key_value(BUCKET).await.expect("open the bucket");
+    // Enough data for the server to ask for flow control while the edge reads it.
+    put_many(&store, "account-", 20_000, now() + 1).await;
+    let origin = TestOrigin::start().await;
+    let upstream = Upstream::start().await;
+    let edge = ReplicaEdge {
+        servers: vec![nats.url()],
+        ..Default::default()
+    }
+    .start(&origin.url(), &upstream)
+    .await;
+    assert_eq!(edge.readiness().await["replica_records"], 20_000);
+
+    put_record(&store, "alice", now() + 1, &[]).await;
+    let alice = origin.token("alice", "tv");
+    eventually(
+        Duration::from_secs(5),
+        "alice signed out at the edge",
+        || async { (edge.get_with_token("/", &alice).await.status() == 401).then_some(()) },
+    )
+    .await;
+    let log = edge.log();
+    assert!(!log.to_lowercase().contains("permission"), "{log}");
+    let nats_log = nats.log();
+    assert!(
+        !nats_log.to_lowercase().contains("permissions violation"),
+        "{nats_log}"
+    );
+}

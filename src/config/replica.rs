@@ -105,6 +105,13 @@ impl ReplicaFile {
             if parsed.host().is_empty() {
                 return Err(error(&key, format!("`{server}` names no host")));
             }
+            // The client sends no credentials from a URL, and the URL would be echoed in logs.
+            if parsed.has_user_pass() || parsed.password().is_some() {
+                return Err(error(
+                    &key,
+                    "holds a user or password, which the NATS client does not send: use replica.nats.credentials_file",
+                ));
+            }
         }
         if !valid_bucket(&self.nats.bucket) {
             return Err(error(
@@ -218,6 +225,12 @@ mod tests {
             let e = with_replica(replica).unwrap_err();
             assert_eq!(e.key, key, "{replica}");
         }
+        let e = with_replica(
+            "  nats:\n    servers: [\"nats://a:4222\", \"nats://edge:s3cret@b:4222\"]\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "replica.nats.servers[1]");
+        assert!(!e.to_string().contains("s3cret"), "{e}");
         let e =
             with_replica("  nats:\n    servers: [\"nats://a:4222\"]\n    sever: x\n").unwrap_err();
         assert!(e.key.starts_with("replica.nats"), "{e}");

@@ -39,6 +39,18 @@ impl NatsServer {
         server
     }
 
+    /// A single JetStream server started with the config file `config` (written to its temp
+    /// dir), e.g. users and their permissions.
+    pub fn start_with_config(config: &str) -> NatsServer {
+        let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+        let path = dir.path().join("nats-server.conf");
+        std::fs::write(&path, config).expect("write the nats-server config");
+        let args = vec!["-c".to_string(), path.to_string_lossy().into_owned()];
+        let mut server = NatsServer::new(free_port(), "n1", args, dir);
+        server.start_again();
+        server
+    }
+
     fn new(port: u16, name: &str, args: Vec<String>, dir: Arc<tempfile::TempDir>) -> NatsServer {
         let store = dir.path().join(name);
         NatsServer {

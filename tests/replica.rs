@@ -738,26 +738,52 @@ async fn without_require_heartbeat_the_heartbeat_key_is_not_a_record() {
     assert_eq!(edge.metric("epochgate_replica_records").await, 2.0);
 }
 
-/// The NATS permissions README.md ("The edge's NATS user") gives an edge reading `BUCKET`.
-const EDGE_PERMISSIONS: &str = r#"
-    publish: { allow: [
-        "$JS.API.STREAM.INFO.KV_epochgate-revocations",
-        "$JS.API.CONSUMER.CREATE.KV_epochgate-revocations",
-        "$JS.FC.>"
-    ] }
-    subscribe: { allow: [
-        "_INBOX.>",
-        "$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.KV_epochgate-revocations"
-    ] }
-"#;
+/// The permissions README.md gives the edge's NATS user (its block under "The edge's NATS
+/// user"), as nats-server config: a `publish` and a `subscribe` allow list.
+fn documented_edge_permissions() -> String {
+    let readme = include_str!("../README.md");
+    let section = readme
+        .find("**The edge's NATS user**")
+        .expect("the README's section on the edge's NATS user");
+    let block = readme[section..]
+        .split("```text\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("the section's permission block");
+    let (mut publish, mut subscribe) = (Vec::new(), Vec::new());
+    let mut in_subscribe = false;
+    for line in block.lines() {
+        let mut subject = line.split('#').next().unwrap_or_default().trim();
+        if let Some(rest) = subject.strip_prefix("publish:") {
+            (in_subscribe, subject) = (false, rest.trim());
+        } else if let Some(rest) = subject.strip_prefix("subscribe:") {
+            (in_subscribe, subject) = (true, rest.trim());
+        }
+        if !subject.is_empty() {
+            let list = if in_subscribe {
+                &mut subscribe
+            } else {
+                &mut publish
+            };
+            list.push(format!("{subject:?}"));
+        }
+    }
+    assert!(!publish.is_empty() && !subscribe.is_empty(), "{block}");
+    format!(
+        "publish: {{ allow: [{}] }}\nsubscribe: {{ allow: [{}] }}",
+        publish.join(", "),
+        subscribe.join(", ")
+    )
+}
 
 #[tokio::test]
 async fn an_edge_whose_nats_user_has_only_the_documented_permissions_works_without_violations() {
     // Clients without credentials (the edge) are the user `edge`; the test writes as `admin`.
+    let permissions = documented_edge_permissions();
     let nats = NatsServer::start_with_config(&format!(
         "authorization {{ users = [
             {{ user: admin, password: admin }}
-            {{ user: edge, password: edge, permissions: {{ {EDGE_PERMISSIONS} }} }}
+            {{ user: edge, password: edge, permissions: {{ {permissions} }} }}
         ] }}
         no_auth_user: edge
         "

@@ -152,8 +152,9 @@ pub struct Replica {
     /// Monotonic milliseconds of the last entry or round trip (0: never).
     last_contact_ms: AtomicU64,
     /// The publisher's stamp (Unix milliseconds) on the newest heartbeat received (0: none);
-    /// the contact's age with `require_heartbeat`. The contact dates from that stamp, so a heartbeat that
-    /// was already old on arrival (read from a mirror that had been cut off) is not fresh.
+    /// the contact's age with `require_heartbeat`. The contact dates from that stamp, so a
+    /// heartbeat that was already old on arrival (read from a mirror that had been cut off)
+    /// is not fresh.
     last_heartbeat_at_ms: AtomicU64,
     metrics: ReplicaMetrics,
     clock: SharedClock,

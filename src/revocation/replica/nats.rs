@@ -89,19 +89,15 @@ pub(super) async fn open_bucket(
 ) -> Result<jetstream::stream::Stream, ReplicaError> {
     let bucket = &settings.bucket;
     let stream = js.get_stream(format!("KV_{bucket}")).await.map_err(|e| {
-        use jetstream::context::GetStreamErrorKind;
-        match e.kind() {
-            GetStreamErrorKind::JetStream(js_error)
-                if js_error.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
-            {
-                ReplicaError::BucketMissing {
-                    bucket: bucket.clone(),
-                }
+        if stream_not_found(&e) {
+            ReplicaError::BucketMissing {
+                bucket: bucket.clone(),
             }
-            _ => ReplicaError::Bucket {
+        } else {
+            ReplicaError::Bucket {
                 bucket: bucket.clone(),
                 message: e.to_string(),
-            },
+            }
         }
     })?;
     let max_age = stream.cached_info().config.max_age;
@@ -162,15 +158,19 @@ pub(super) async fn bucket_replaced(
     bucket: &str,
     created: Option<i128>,
 ) -> bool {
-    use jetstream::context::GetStreamErrorKind;
     let check = js.get_stream(format!("KV_{bucket}"));
     match tokio::time::timeout(CHECK_TIMEOUT, check).await {
         Ok(Ok(stream)) => Some(stream.cached_info().created.unix_timestamp_nanos()) != created,
-        Ok(Err(e)) => matches!(
-            e.kind(),
-            GetStreamErrorKind::JetStream(js_error)
-                if js_error.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
-        ),
+        Ok(Err(e)) => stream_not_found(&e),
         Err(_) => false,
     }
+}
+
+/// Whether the server answered that the stream does not exist (not: did not answer).
+fn stream_not_found(e: &jetstream::context::GetStreamError) -> bool {
+    matches!(
+        e.kind(),
+        jetstream::context::GetStreamErrorKind::JetStream(js_error)
+            if js_error.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+    )
 }

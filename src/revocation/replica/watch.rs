@@ -22,6 +22,9 @@ const ROUND_TRIP_EVERY: Duration = Duration::from_secs(1);
 const ROUND_TRIP_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often records older than every acceptable token are dropped.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// The wait after a first failed attempt to (re)open the watch; it doubles with each
+/// further failure in a row.
+const FIRST_RETRY: Duration = Duration::from_millis(100);
 /// The longest wait between attempts to (re)open the watch.
 const MAX_RETRY: Duration = Duration::from_secs(5);
 /// How long an attempt to open the watch may take at first. A cluster electing a new leader
@@ -46,10 +49,57 @@ struct Position {
     next_revision: u64,
 }
 
+/// How long to wait after `failures` + 1 failed attempts in a row.
+fn retry_after(failures: u32) -> Duration {
+    (FIRST_RETRY * (1 << failures.min(6))).min(MAX_RETRY)
+}
+
 /// How long an attempt to open the watch may take after `failures` failed ones in a row.
 fn open_timeout(failures: u32) -> Duration {
     let doublings = (failures / ATTEMPTS_PER_TIMEOUT).min(4);
     (MIN_OPEN_TIMEOUT * (1 << doublings)).min(MAX_OPEN_TIMEOUT)
+}
+
+/// Logs the connection's events, and counts its connections: the receiver sees the count
+/// change on every (re)connection, so the watch can reopen at once from its position. (The
+/// client's ordered consumer would recreate itself too, but backs off to 10 s between tries
+/// while a cluster elects a new leader, which delays sign-outs.)
+fn count_connections(
+    options: async_nats::ConnectOptions,
+) -> (
+    async_nats::ConnectOptions,
+    tokio::sync::watch::Receiver<u64>,
+) {
+    let (connected_tx, connections) = tokio::sync::watch::channel(0u64);
+    let options = options.event_callback(move |event| {
+        match event {
+            async_nats::Event::Connected => {
+                log::info!("replica: connected to NATS");
+                connected_tx.send_modify(|n| *n += 1);
+            }
+            other => log::warn!("replica: NATS connection: {other}"),
+        }
+        async {}
+    });
+    (options, connections)
+}
+
+/// The announcements of a new leader for the bucket's stream: the watch's consumer may have
+/// gone with the old one, which the client notices only after 10 s without its heartbeat.
+/// `None` where the subscription fails (that remains the way it is noticed then; credentials
+/// that do not allow the subject show as the server's permissions violation instead).
+async fn leader_changes(
+    client: &async_nats::Client,
+    bucket: &str,
+) -> Option<async_nats::Subscriber> {
+    let subject = format!("$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.KV_{bucket}");
+    match client.subscribe(subject).await {
+        Ok(subscriber) => Some(subscriber),
+        Err(e) => {
+            log::warn!("replica: cannot follow the bucket's leader changes: {e}");
+            None
+        }
+    }
 }
 
 /// The next message of an advisory subscription; never, without one.
@@ -169,20 +219,7 @@ impl BackgroundService for ReplicaWatch {
                 return;
             }
         };
-        // Each (re)connection bumps this: the watch then reopens at once from its position.
-        // The client's ordered consumer would recreate itself too, but backs off to 10 s
-        // between tries while the cluster elects a new leader, which delays sign-outs.
-        let (connected_tx, mut connections) = tokio::sync::watch::channel(0u64);
-        let options = options.event_callback(move |event| {
-            match event {
-                async_nats::Event::Connected => {
-                    log::info!("replica: connected to NATS");
-                    connected_tx.send_modify(|n| *n += 1);
-                }
-                other => log::warn!("replica: NATS connection: {other}"),
-            }
-            async {}
-        });
+        let (options, mut connections) = count_connections(options);
         let client = match options.connect(server_addrs(&settings)).await {
             Ok(client) => client,
             Err(e) => {
@@ -194,22 +231,7 @@ impl BackgroundService for ReplicaWatch {
             self.replica.clone(),
             client.clone(),
         ));
-        // A new leader of the bucket's stream: the watch's consumer may have gone with the
-        // old one, which the client notices only after 10 s without its heartbeat. Where the
-        // edge's credentials do not allow this subject, that remains the way it is noticed.
-        let leader_changes = client
-            .subscribe(format!(
-                "$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.KV_{}",
-                settings.bucket
-            ))
-            .await;
-        let mut leader_changes = match leader_changes {
-            Ok(subscriber) => Some(subscriber),
-            Err(e) => {
-                log::warn!("replica: cannot follow the bucket's leader changes: {e}");
-                None
-            }
-        };
+        let mut leader_changes = leader_changes(&client, &settings.bucket).await;
         let js = jetstream::new(client);
         // The next revision to apply: after an interruption the watch resumes here, so
         // nothing published meanwhile is missed.
@@ -217,7 +239,6 @@ impl BackgroundService for ReplicaWatch {
             created: None,
             next_revision: 1,
         };
-        let mut retry = Duration::from_millis(100);
         let mut failures = 0;
         let mut last_error = String::new();
         'outer: loop {
@@ -241,11 +262,10 @@ impl BackgroundService for ReplicaWatch {
                     }
                     self.replica.set_watching(false);
                     tokio::select! {
-                        _ = tokio::time::sleep(retry) => {}
+                        _ = tokio::time::sleep(retry_after(failures)) => {}
                         Ok(()) = connections.changed() => {}
                         _ = shutdown.changed() => break,
                     }
-                    retry = (retry * 2).min(MAX_RETRY);
                     failures += 1;
                     continue;
                 }
@@ -258,7 +278,6 @@ impl BackgroundService for ReplicaWatch {
                 );
             }
             last_error.clear();
-            retry = Duration::from_millis(100);
             failures = 0;
             self.replica.set_watching(true);
             let mut bucket_check = tokio::time::interval_at(
@@ -340,6 +359,15 @@ impl BackgroundService for ReplicaWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retries_double_from_the_first_wait_up_to_the_longest() {
+        assert_eq!(retry_after(0), FIRST_RETRY);
+        assert_eq!(retry_after(1), FIRST_RETRY * 2);
+        assert_eq!(retry_after(5), FIRST_RETRY * 32);
+        assert_eq!(retry_after(6), MAX_RETRY);
+        assert_eq!(retry_after(u32::MAX), MAX_RETRY);
+    }
 
     #[test]
     fn open_attempts_are_short_at_first_and_longer_after_repeated_failures() {

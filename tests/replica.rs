@@ -61,6 +61,22 @@ impl ReplicaEdge<'_> {
     }
 }
 
+/// A ready edge whose only NATS server is `nats` behind a relay the test can cut.
+async fn edge_behind_relay(
+    nats: &NatsServer,
+    origin: &TestOrigin,
+    upstream: &Upstream,
+) -> (Relay, Edge) {
+    let relay = Relay::start(nats.port).await;
+    let edge = ReplicaEdge {
+        servers: vec![relay.url()],
+        ..ReplicaEdge::default()
+    }
+    .start(&origin.url(), upstream)
+    .await;
+    (relay, edge)
+}
+
 /// A nats-server whose bucket holds the accounts `signed_out` (signed out a second from
 /// now), the bucket, the test origin and an upstream: what most tests here start from.
 async fn backends(
@@ -371,13 +387,7 @@ async fn past_max_stale_the_allow_policy_forwards_unchecked() {
 async fn updates_made_while_the_edge_was_cut_off_arrive_when_it_reconnects() {
     let (nats, store, origin, upstream) = backends(&[]).await;
     put_record(&store, "alice", 1_000, &[]).await;
-    let mut relay = Relay::start(nats.port).await;
-    let edge = ReplicaEdge {
-        servers: vec![relay.url()],
-        ..ReplicaEdge::default()
-    }
-    .start(&origin.url(), &upstream)
-    .await;
+    let (mut relay, edge) = edge_behind_relay(&nats, &origin, &upstream).await;
     let (alice, bob) = (origin.token("alice", "tv"), origin.token("bob", "phone"));
     assert_eq!(status(&edge, &alice).await, 200);
 
@@ -557,13 +567,7 @@ async fn bucket_deleted_and_created_again_is_read_from_its_start() {
 #[tokio::test]
 async fn bucket_replaced_while_the_edge_was_cut_off_is_read_from_its_start() {
     let (nats, _store, origin, upstream) = backends(&["carol", "dave"]).await;
-    let mut relay = Relay::start(nats.port).await;
-    let edge = ReplicaEdge {
-        servers: vec![relay.url()],
-        ..ReplicaEdge::default()
-    }
-    .start(&origin.url(), &upstream)
-    .await;
+    let (mut relay, edge) = edge_behind_relay(&nats, &origin, &upstream).await;
     let dave = origin.token("dave", "tv");
     assert_eq!(status(&edge, &dave).await, 401);
 

@@ -33,10 +33,7 @@ pub struct NatsServer {
 impl NatsServer {
     /// A single JetStream server on a free loopback port, accepting connections.
     pub fn start() -> NatsServer {
-        let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
-        let mut server = NatsServer::new(free_port(), "n1", Vec::new(), dir);
-        server.start_again();
-        server
+        NatsServer::start_single(Arc::new(tempfile::tempdir().expect("temp dir")), Vec::new())
     }
 
     /// A single JetStream server started with the config file `config` (written to its temp
@@ -46,6 +43,10 @@ impl NatsServer {
         let path = dir.path().join("nats-server.conf");
         std::fs::write(&path, config).expect("write the nats-server config");
         let args = vec!["-c".to_string(), path.to_string_lossy().into_owned()];
+        NatsServer::start_single(dir, args)
+    }
+
+    fn start_single(dir: Arc<tempfile::TempDir>, args: Vec<String>) -> NatsServer {
         let mut server = NatsServer::new(free_port(), "n1", args, dir);
         server.start_again();
         server
